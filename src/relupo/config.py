@@ -57,7 +57,6 @@ class ModelConfig:
     use_lora: bool = _option(False, "Train LoRA adapters (peft) instead of all weights.")
     lora_r: int = _option(16, "LoRA rank.", minimum=1)
     lora_alpha: float = _option(32.0, "LoRA scaling numerator: the update is scaled by lora_alpha / lora_r.")
-    lora_dropout: float = _option(0.0, "Dropout on the LoRA input, in [0, 1).", minimum=0.0, below=1.0)
     lora_target_modules: list[str] = _option(
         ["all-linear"],
         "Module names LoRA adapts, for example q_proj,v_proj. 'all-linear' adapts every linear "

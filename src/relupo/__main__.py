@@ -1,0 +1,5 @@
+import sys
+
+from relupo.cli import main
+
+sys.exit(main())

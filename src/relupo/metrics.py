@@ -1,0 +1,56 @@
+"""Per-pair statistics and their batch summaries, under the names used in logs, plots and docs.
+
+margin           M, the length-normalized margin (nats per token), whatever the objective
+accuracy         share of pairs with M > 0
+active_fraction  share of pairs whose gradient weight is nonzero; for RePO, the pairs with M < gamma
+logps/chosen     mean over pairs of the length-normalized chosen log-prob (nats per token)
+logps/rejected   the same for rejected
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from relupo.objectives import ObjectiveOutput, PairLogps
+
+
+@dataclass(frozen=True)
+class PairStats:
+    """Detached per-pair values of one batch, each of shape (B,); gathered across processes."""
+
+    margins: Tensor
+    chosen_mean_logps: Tensor
+    rejected_mean_logps: Tensor
+    grad_weights: Tensor
+    losses: Tensor
+    tokens: Tensor  # tokens of prompt + chosen + prompt + rejected actually fed to the model
+
+    @staticmethod
+    def from_batch(logps: PairLogps, output: ObjectiveOutput, tokens: Tensor) -> PairStats:
+        return PairStats(
+            margins=logps.normalized_margins.detach().float(),
+            chosen_mean_logps=logps.chosen_mean_logps.detach().float(),
+            rejected_mean_logps=logps.rejected_mean_logps.detach().float(),
+            grad_weights=output.grad_weights.detach().float(),
+            losses=output.losses.detach().float(),
+            tokens=tokens.float(),
+        )
+
+    @staticmethod
+    def concat(parts: list[PairStats]) -> PairStats:
+        return PairStats(*(torch.cat([getattr(p, name) for p in parts]) for name in PairStats.__dataclass_fields__))
+
+
+def summarize(stats: PairStats) -> dict[str, float]:
+    """Batch means of the per-pair values, keyed by their public metric names."""
+    return {
+        "loss": stats.losses.mean().item(),
+        "margin": stats.margins.mean().item(),
+        "accuracy": (stats.margins > 0).float().mean().item(),
+        "active_fraction": (stats.grad_weights != 0).float().mean().item(),
+        "logps/chosen": stats.chosen_mean_logps.mean().item(),
+        "logps/rejected": stats.rejected_mean_logps.mean().item(),
+    }

@@ -1,0 +1,378 @@
+"""The training loop: set-up, then one visible step at a time, on accelerate.
+
+One process on CPU or GPU:
+    relupo train --config run.yaml
+Several GPUs or processes (DDP, FSDP, DeepSpeed through an accelerate config file):
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m relupo train --config run.yaml
+
+The trainer owns no math: log-probs come from `relupo.logps`, losses from `relupo.objectives`,
+metric definitions from `relupo.metrics`, checkpoint files from `relupo.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from relupo import checkpoint
+from relupo.config import TrainConfig
+from relupo.data import load_or_tokenize, load_pairs
+from relupo.data.batching import EpochShuffleSampler, PairCollator
+from relupo.errors import ConfigError, RelupoError
+from relupo.evaluate import EvalResult, evaluate_pairs
+from relupo.logps import pair_logps
+from relupo.metrics import PairStats, summarize
+from relupo.modeling import load_model, load_tokenizer, save_final_model
+from relupo.objectives import OBJECTIVES, compute_objective, resolve_hyperparameters
+
+logger = logging.getLogger(__name__)
+
+# Files and directories a run writes; --overwrite-output-dir removes exactly these.
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "summary.json", "eval_before.safetensors", "eval_margins.jsonl", "checkpoints", "model")
+SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+class IndexedPairs(Dataset):
+    """A tokenized `datasets.Dataset` whose items also carry their row index (the pair's key in logs)."""
+
+    def __init__(self, rows: Any) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.rows[index], "index": index}
+
+
+class Trainer:
+    """Train one configuration: `setup()` loads everything, `train()` runs the loop and saves."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        config.validate()
+        self.config = config
+        self.output_dir = Path(config.training.output_dir)
+        self.objective = OBJECTIVES[config.objective.loss_type]
+        self.state = checkpoint.TrainerState()
+
+    # ----------------------------------------------------------------------------------------- set-up
+
+    def setup(self) -> None:
+        config, training = self.config, self.config.training
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=training.gradient_accumulation_steps,
+            mixed_precision="bf16" if training.bf16 else "fp16" if training.fp16 else "no",
+        )
+        set_seed(training.seed)
+        self._prepare_output_dir()
+
+        self.tokenizer = load_tokenizer(config.model)
+        loaded = load_pairs(config.data, seed=training.seed)
+        self.train_rows, train_report = self._tokenize(loaded.train, "train")
+        self.eval_rows, _ = self._tokenize(loaded.eval, "eval") if loaded.eval else (None, None)
+        if len(self.train_rows) == 0:
+            raise RelupoError(f"{config.data.train_data}: no usable training pairs remain ({train_report}).")
+
+        self.model = load_model(config.model)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=training.learning_rate,
+            betas=(training.adam_beta1, training.adam_beta2),
+            eps=training.adam_epsilon,
+            weight_decay=training.weight_decay,
+        )
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.collator = PairCollator(pad_token_id=pad_id if pad_id is not None else 0)
+        self.sampler = EpochShuffleSampler(len(self.train_rows), seed=training.seed)
+        train_loader = DataLoader(
+            IndexedPairs(self.train_rows),
+            batch_size=training.per_device_train_batch_size,
+            sampler=self.sampler,
+            collate_fn=self.collator,
+            num_workers=training.dataloader_num_workers,
+        )
+        self.model, self.optimizer, self.train_loader = self.accelerator.prepare(self.model, self.optimizer, train_loader)
+        self.eval_loader = self._eval_loader(self.eval_rows) if self.eval_rows is not None else None
+
+        steps_per_epoch = math.ceil(len(self.train_loader) / training.gradient_accumulation_steps)
+        self.total_steps = training.max_steps if training.max_steps > 0 else math.ceil(training.num_train_epochs * steps_per_epoch)
+        # The scheduler is stepped once per optimizer step by this loop, not by accelerate, which
+        # would step it once per process and shorten the schedule under multi-process training.
+        self.scheduler = get_scheduler(
+            SCHEDULERS[training.lr_scheduler_type],
+            self.optimizer,
+            num_warmup_steps=round(training.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        if training.resume:
+            self._resume()
+        self._log_start(loaded, train_report)
+
+    def _tokenize(self, pairs: list, split: str) -> tuple[Any, Any]:
+        rows, report, cache_hit = load_or_tokenize(pairs, self.tokenizer, self.config.data)
+        logger.info("%s pairs tokenized: %s%s", split, report, " (from cache)" if cache_hit else "")
+        return rows, report
+
+    def _eval_loader(self, rows: Any) -> DataLoader:
+        loader = DataLoader(
+            IndexedPairs(rows),
+            batch_size=self.config.training.per_device_eval_batch_size,
+            shuffle=False,
+            collate_fn=self.collator,
+        )
+        return self.accelerator.prepare(loader)
+
+    def _prepare_output_dir(self) -> None:
+        training = self.config.training
+        holds_run = (self.output_dir / "config.yaml").exists()
+        if holds_run and not (training.resume or training.overwrite_output_dir):
+            raise ConfigError(
+                f"{self.output_dir}: output_dir already holds a run. Pass --resume true to continue it, "
+                f"--overwrite-output-dir true to replace it, or choose another --output-dir."
+            )
+        if training.resume and not checkpoint.list_checkpoints(self.output_dir):
+            raise ConfigError(f"{self.output_dir}: --resume was given but the run has no complete checkpoint to resume from.")
+        if training.resume:
+            self._check_resume_config()
+        if not self.accelerator.is_main_process:
+            return
+        if training.overwrite_output_dir:
+            for name in RUN_OUTPUTS:
+                path = self.output_dir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.output_dir / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as error:
+            raise RelupoError(f"{self.output_dir}: output_dir is not writable ({error.strerror}); choose another --output-dir.") from None
+        if not training.resume:
+            (self.output_dir / "config.yaml").write_text(self.config.to_yaml())
+
+    def _check_resume_config(self) -> None:
+        from relupo.config import load_config
+
+        saved = load_config(self.output_dir / "config.yaml").to_dict()
+        current = self.config.to_dict()
+        ignored = {"resume", "overwrite_output_dir"}
+        changed = [
+            f"{name} ({saved[section][name]!r} -> {value!r})"
+            for section, values in current.items()
+            for name, value in values.items()
+            if name not in ignored and saved[section].get(name) != value
+        ]
+        if changed:
+            raise ConfigError(
+                f"{self.output_dir}: cannot resume with a different configuration: {', '.join(changed)}. "
+                f"Resume with the saved {self.output_dir / 'config.yaml'} or start a new run."
+            )
+
+    def _resume(self) -> None:
+        path = checkpoint.list_checkpoints(self.output_dir)[-1]
+        model = self.accelerator.unwrap_model(self.model)
+        self.state = checkpoint.load_checkpoint(path, model, self.optimizer, self.scheduler)
+        if self.accelerator.is_main_process:
+            _truncate_metrics(self.output_dir / "metrics.jsonl", self.state.global_step)
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.global_step, self.state.epoch, self.state.batches_in_epoch)
+
+    def _log_start(self, loaded: Any, train_report: Any) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info(
+            "start: model %s (%s parameters, %s trainable), loss_type %s %s",
+            self.config.model.model_name_or_path, f"{total:,}", f"{trainable:,}", self.objective.name,
+            resolve_hyperparameters(self.config.objective),
+        )
+        logger.info("data: %s; %d train pairs, %d eval pairs", loaded.report.summary(), len(self.train_rows), len(self.eval_rows or []))
+        logger.info(
+            "device %s, %d process(es), mixed precision %s; %d optimizer steps of %d pairs",
+            self.accelerator.device, self.accelerator.num_processes, self.accelerator.mixed_precision, self.total_steps,
+            self.config.training.per_device_train_batch_size * self.config.training.gradient_accumulation_steps * self.accelerator.num_processes,
+        )
+
+    # ------------------------------------------------------------------------------------- training
+
+    def train(self) -> dict[str, Any]:
+        """Run the loop to total_steps, save the final model and return the summary."""
+        training = self.config.training
+        started = time.perf_counter()
+        before = self._evaluation_before_training()
+        progress = tqdm(total=self.total_steps, initial=self.state.global_step, disable=not self.accelerator.is_main_process, desc="training", unit="step")
+        window: list[PairStats] = []
+        window_started = time.perf_counter()
+        grad_norm = float("nan")
+
+        while self.state.global_step < self.total_steps:
+            self.sampler.set_epoch(self.state.epoch)
+            loader = self.train_loader
+            if self.state.batches_in_epoch:
+                loader = self.accelerator.skip_first_batches(loader, self.state.batches_in_epoch)
+
+            for batch in loader:
+                with self.accelerator.accumulate(self.model):
+                    logps = pair_logps(self.model, batch)
+                    output = compute_objective(self.config.objective, logps)
+                    loss = output.losses.mean()
+                    self.accelerator.backward(loss)
+
+                    if self.accelerator.sync_gradients:
+                        grad_norm = self._clip_gradients()
+                    self.optimizer.step()
+                    self.optimizer.zero_grad()
+
+                self.state.batches_in_epoch += 1
+                self.state.pairs_seen += batch["pair_index"].shape[0] * self.accelerator.num_processes
+                tokens = batch["attention_mask"].sum().reshape(1)
+                window.append(PairStats.from_batch(logps, output, tokens.expand(output.losses.shape[0]) / output.losses.shape[0]))
+                if not self.accelerator.sync_gradients:
+                    continue
+
+                self.scheduler.step()
+                self.state.global_step += 1
+                progress.update(1)
+
+                if self.state.global_step % training.logging_steps == 0 or self.state.global_step == self.total_steps:
+                    record = self._step_record(window, grad_norm, time.perf_counter() - window_started)
+                    progress.set_postfix(loss=f"{record['loss']:.4f}", active=f"{record['active_fraction']:.2f}")
+                    self._write_metrics(record)
+                    window, window_started = [], time.perf_counter()
+
+                if self.eval_loader is not None and training.eval_steps and self.state.global_step % training.eval_steps == 0 and self.state.global_step < self.total_steps:
+                    self._write_metrics({"step": self.state.global_step, **self._evaluate(f"step {self.state.global_step}").as_metrics()})
+
+                if training.save_steps and self.state.global_step % training.save_steps == 0:
+                    self._save_checkpoint()
+
+                if self.state.global_step >= self.total_steps:
+                    break
+            else:
+                self.state.epoch += 1
+                self.state.batches_in_epoch = 0
+
+        progress.close()
+        after = self._evaluate("after training")
+        if after is not None:
+            self._write_metrics({"step": self.state.global_step, **after.as_metrics()})
+        return self._finish(before, after, time.perf_counter() - started)
+
+    def _evaluation_before_training(self) -> EvalResult | None:
+        """Evaluate the starting model once per run; a resumed run reloads that result from disk."""
+        path = self.output_dir / "eval_before.safetensors"
+        if self.state.global_step > 0 and path.exists():
+            return EvalResult(**load_file(path))
+        result = self._evaluate("before training")
+        if result is not None and self.accelerator.is_main_process:
+            save_file({name: getattr(result, name).contiguous() for name in ("pair_index", "margins", "summed_margins")}, path)
+        return result
+
+    def _clip_gradients(self) -> float:
+        max_norm = self.config.training.max_grad_norm or float("inf")
+        return float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
+
+    def _step_record(self, window: list[PairStats], grad_norm: float, seconds: float) -> dict[str, Any]:
+        stats = PairStats.concat([self._gather(s) for s in window])
+        record: dict[str, Any] = {"step": self.state.global_step, "epoch": self.state.epoch, **summarize(stats)}
+        if "gamma" in self.objective.defaults:
+            record["gamma"] = resolve_hyperparameters(self.config.objective)["gamma"]
+        record["learning_rate"] = self.scheduler.get_last_lr()[0]
+        record["grad_norm"] = grad_norm
+        record["pairs_per_second"] = stats.margins.shape[0] / seconds
+        record["tokens_per_second"] = stats.tokens.sum().item() / seconds
+        return record
+
+    def _gather(self, stats: PairStats) -> PairStats:
+        if self.accelerator.num_processes == 1:
+            return stats
+        return PairStats(*self.accelerator.gather_for_metrics(tuple(vars(stats).values())))
+
+    def _evaluate(self, when: str) -> EvalResult | None:
+        if self.eval_loader is None:
+            return None
+        result = evaluate_pairs(self.model, self.eval_loader, self.accelerator)
+        logger.info("held-out %s: accuracy %.4f, margin %.4f (%d pairs)", when, result.accuracy, result.mean_margin, result.margins.shape[0])
+        return result
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def _save_checkpoint(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.model)
+            path = checkpoint.save_checkpoint(self.output_dir, model, self.optimizer, self.scheduler, self.state, self.config.training.save_total_limit)
+            logger.info("checkpoint saved: %s", path)
+        self.accelerator.wait_for_everyone()
+
+    # ---------------------------------------------------------------------------------------- outputs
+
+    def _finish(self, before: EvalResult | None, after: EvalResult | None, seconds: float) -> dict[str, Any]:
+        self.accelerator.wait_for_everyone()
+        summary: dict[str, Any] = {
+            "model": self.config.model.model_name_or_path,
+            "train_data": self.config.data.train_data,
+            "loss_type": self.objective.name,
+            "hyperparameters": resolve_hyperparameters(self.config.objective),
+            "train_pairs": len(self.train_rows),
+            "eval_pairs": len(self.eval_rows or []),
+            "steps": self.state.global_step,
+            "train_runtime_seconds": round(seconds, 2),
+            "eval_before": before.as_metrics("") if before is not None else None,
+            "eval_after": after.as_metrics("") if after is not None else None,
+        }
+        if not self.accelerator.is_main_process:
+            return summary
+
+        model = self.accelerator.unwrap_model(self.model)
+        if after is not None:
+            self._write_eval_margins(before, after)
+        final_dir = save_final_model(model, self.tokenizer, self.output_dir / "model", self.config.model.merge_lora)
+        summary["final_model_dir"] = str(final_dir)
+        (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if before is not None and after is not None:
+            logger.info(
+                "finished %d steps in %.1f s: held-out accuracy %.4f -> %.4f, margin %.4f -> %.4f; model saved to %s",
+                self.state.global_step, seconds, before.accuracy, after.accuracy, before.mean_margin, after.mean_margin, final_dir,
+            )
+        else:
+            logger.info("finished %d steps in %.1f s; model saved to %s", self.state.global_step, seconds, final_dir)
+        return summary
+
+    def _write_eval_margins(self, before: EvalResult | None, after: EvalResult) -> None:
+        with open(self.output_dir / "eval_margins.jsonl", "w", encoding="utf-8") as handle:
+            for position, index in enumerate(after.pair_index.tolist()):
+                row = {"pair_id": self.eval_rows[index]["pair_id"], "margin_after": after.margins[position].item()}
+                if before is not None:
+                    row["margin_before"] = before.margins[position].item()
+                handle.write(json.dumps(row) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric records after `step`, written by the interrupted run past its last checkpoint."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train a model on preference pairs as configured; return the run summary (also in summary.json)."""
+    trainer = Trainer(config)
+    trainer.setup()
+    return trainer.train()
