@@ -121,11 +121,80 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    loss_type: str = _option("repo", "Preference objective. See docs/objectives.md for the list.")
+    # Hyperparameters default to None, meaning "the objective's default", so that setting one the
+    # chosen loss_type does not use is an error instead of a silent no-op.
+    loss_type: str = _option(
+        "repo",
+        "Preference objective: repo, repo++, simpo, dpo, ipo, slic, cpo, orpo, rdpo, dpo+repo or "
+        "dpo+repo++. See docs/objectives.md for formulas and defaults.",
+    )
+    beta: float | None = _option(
+        None,
+        "Scale of the margin inside the sigmoid, > 0, for repo++, simpo, dpo, cpo, rdpo and "
+        "dpo+repo++. Default 2.0 for repo++ and simpo (per nat per token), 0.1 for the others (per nat).",
+    )
     gamma: float | None = _option(
         None,
-        "RePO margin threshold on the length-normalized margin M, in nats per token: pairs with "
-        "M >= gamma give zero gradient. Default 0.5.",
+        "Margin threshold, >= 0, for repo, repo++, simpo, dpo+repo and dpo+repo++: pairs whose margin "
+        "reaches it give zero gradient (repo, repo++, dpo+repo, dpo+repo++) or a smaller one (simpo). "
+        "In nats per token of the length-normalized margin M for repo, repo++ and simpo (for simpo it is "
+        "SimPO's gamma_beta_ratio); in nats of the DPO margin for dpo+repo; on the scale of beta times "
+        "the DPO margin for dpo+repo++. Default 0.5. Cannot be combined with a gamma_schedule.",
+    )
+    label_smoothing: float | None = _option(
+        None,
+        "dpo only: assumed probability that a pair's preference label is flipped (conservative DPO), "
+        "in [0, 0.5). Default 0.",
+    )
+    tau: float | None = _option(
+        None,
+        "ipo only: regularization strength, > 0; the loss pulls the DPO margin towards 1 / (2 tau) nats. "
+        "Default 0.1.",
+    )
+    delta: float | None = _option(
+        None,
+        "slic only: hinge margin on logp(chosen) - logp(rejected), summed over tokens, in nats, >= 0. "
+        "Default 1.0.",
+    )
+    nll_weight: float | None = _option(
+        None,
+        "slic and cpo: weight of the NLL term on the chosen response, >= 0 (the papers' lambda). slic "
+        "uses the NLL summed over tokens (default 0.1), cpo the mean NLL per token (default 1.0).",
+    )
+    odds_ratio_weight: float | None = _option(
+        None,
+        "orpo only: weight of the odds-ratio term against the chosen response's NLL, >= 0 (the ORPO "
+        "paper's lambda). Default 0.1.",
+    )
+    alpha: float | None = _option(
+        None,
+        "rdpo only: length penalty, >= 0, in nats per token that the chosen response is longer than "
+        "the rejected one. Default 0.05.",
+    )
+    sft_weight: float = _option(
+        0.0,
+        "Weight of an SFT term added to any objective: the mean NLL per token of the chosen response, "
+        "logged separately as sft_loss. 0 disables it.",
+        minimum=0.0,
+    )
+    gamma_schedule: str = _option(
+        "constant",
+        "How gamma changes over training: constant keeps gamma; linear, cosine and step move it from "
+        "gamma_start at the first optimizer step to gamma_end at the last one. A schedule needs a "
+        "loss_type with gamma, gamma_start and gamma_end, and gamma left unset.",
+        choices=("constant", "linear", "cosine", "step"),
+    )
+    gamma_start: float | None = _option(
+        None, "gamma at the first optimizer step of a linear, cosine or step gamma_schedule. For example 1.0."
+    )
+    gamma_end: float | None = _option(
+        None, "gamma at the last optimizer step of a linear, cosine or step gamma_schedule. For example 0.2."
+    )
+    gamma_stages: int | None = _option(
+        None,
+        "step gamma_schedule only: number of equal-length stages, at least 2; gamma moves from gamma_start "
+        "to gamma_end in equal jumps between them. Default 5 (1.0, 0.8, 0.6, 0.4, 0.2 from 1.0 to 0.2).",
+        minimum=2,
     )
 
 

@@ -5,6 +5,9 @@ accuracy         share of pairs with M > 0
 active_fraction  share of pairs whose gradient weight is nonzero; for RePO, the pairs with M < gamma
 logps/chosen     mean over pairs of the length-normalized chosen log-prob (nats per token)
 logps/rejected   the same for rejected
+sft_loss         mean NLL per token of the chosen response, when sft_weight > 0
+
+`loss` is the objective's batch mean alone; the SFT term is reported apart as `sft_loss`.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ class PairStats:
     grad_weights: Tensor
     losses: Tensor
     tokens: Tensor  # tokens of prompt + chosen + prompt + rejected actually fed to the model
+    sft_losses: Tensor | None = None  # mean NLL per token of chosen, when an SFT term is trained
 
     @staticmethod
-    def from_batch(logps: PairLogps, output: ObjectiveOutput, tokens: Tensor) -> PairStats:
+    def from_batch(logps: PairLogps, output: ObjectiveOutput, tokens: Tensor, sft_losses: Tensor | None = None) -> PairStats:
         return PairStats(
             margins=logps.normalized_margins.detach().float(),
             chosen_mean_logps=logps.chosen_mean_logps.detach().float(),
@@ -37,16 +41,21 @@ class PairStats:
             grad_weights=output.grad_weights.detach().float(),
             losses=output.losses.detach().float(),
             tokens=tokens.float(),
+            sft_losses=None if sft_losses is None else sft_losses.detach().float(),
         )
 
     @staticmethod
     def concat(parts: list[PairStats]) -> PairStats:
-        return PairStats(*(torch.cat([getattr(p, name) for p in parts]) for name in PairStats.__dataclass_fields__))
+        columns = {}
+        for name in PairStats.__dataclass_fields__:
+            values = [getattr(p, name) for p in parts]
+            columns[name] = None if values[0] is None else torch.cat(values)
+        return PairStats(**columns)
 
 
 def summarize(stats: PairStats) -> dict[str, float]:
     """Batch means of the per-pair values, keyed by their public metric names."""
-    return {
+    summary = {
         "loss": stats.losses.mean().item(),
         "margin": stats.margins.mean().item(),
         "accuracy": (stats.margins > 0).float().mean().item(),
@@ -54,3 +63,6 @@ def summarize(stats: PairStats) -> dict[str, float]:
         "logps/chosen": stats.chosen_mean_logps.mean().item(),
         "logps/rejected": stats.rejected_mean_logps.mean().item(),
     }
+    if stats.sft_losses is not None:
+        summary["sft_loss"] = stats.sft_losses.mean().item()
+    return summary

@@ -30,13 +30,16 @@ from transformers import get_scheduler
 from relupo import checkpoint
 from relupo.config import TrainConfig
 from relupo.data import load_or_tokenize, load_pairs
+from relupo.data.tokenize import default_cache_dir
 from relupo.data.batching import EpochShuffleSampler, PairCollator
 from relupo.errors import ConfigError, RelupoError
 from relupo.evaluate import EvalResult, evaluate_pairs
 from relupo.logps import pair_logps
 from relupo.metrics import PairStats, summarize
 from relupo.modeling import load_model, load_tokenizer, save_final_model
-from relupo.objectives import OBJECTIVES, compute_objective, resolve_hyperparameters
+from relupo.gamma import gamma_for_step
+from relupo.objectives import OBJECTIVES, compute_objective, resolve_hyperparameters, sft_loss
+from relupo.reference import load_or_compute_reference_logps, reference_cache_path
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +53,16 @@ class IndexedPairs(Dataset):
 
     def __init__(self, rows: Any) -> None:
         self.rows = rows
+        self.reference: dict[str, torch.Tensor] = {}  # name -> (len(rows),) reference log-prob sums
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {**self.rows[index], "index": index}
+        item = {**self.rows[index], "index": index}
+        for name, values in self.reference.items():
+            item[name] = values[index]
+        return item
 
 
 class Trainer:
@@ -80,6 +87,7 @@ class Trainer:
         self._prepare_output_dir()
 
         self.tokenizer = load_tokenizer(config.model)
+        self.data_fingerprints: dict[str, str] = {}
         loaded = load_pairs(config.data, seed=training.seed)
         self.train_rows, train_report = self._tokenize(loaded.train, "train")
         self.eval_rows, _ = self._tokenize(loaded.eval, "eval") if loaded.eval else (None, None)
@@ -97,15 +105,19 @@ class Trainer:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.collator = PairCollator(pad_token_id=pad_id if pad_id is not None else 0)
         self.sampler = EpochShuffleSampler(len(self.train_rows), seed=training.seed)
+        self.train_pairs = IndexedPairs(self.train_rows)
+        self.eval_pairs = IndexedPairs(self.eval_rows) if self.eval_rows is not None else None
+        if self.objective.needs_reference:
+            self._add_reference_logps()
         train_loader = DataLoader(
-            IndexedPairs(self.train_rows),
+            self.train_pairs,
             batch_size=training.per_device_train_batch_size,
             sampler=self.sampler,
             collate_fn=self.collator,
             num_workers=training.dataloader_num_workers,
         )
         self.model, self.optimizer, self.train_loader = self.accelerator.prepare(self.model, self.optimizer, train_loader)
-        self.eval_loader = self._eval_loader(self.eval_rows) if self.eval_rows is not None else None
+        self.eval_loader = self._eval_loader(self.eval_pairs) if self.eval_pairs is not None else None
 
         steps_per_epoch = math.ceil(len(self.train_loader) / training.gradient_accumulation_steps)
         self.total_steps = training.max_steps if training.max_steps > 0 else math.ceil(training.num_train_epochs * steps_per_epoch)
@@ -122,18 +134,32 @@ class Trainer:
         self._log_start(loaded, train_report)
 
     def _tokenize(self, pairs: list, split: str) -> tuple[Any, Any]:
-        rows, report, cache_hit = load_or_tokenize(pairs, self.tokenizer, self.config.data)
-        logger.info("%s pairs tokenized: %s%s", split, report, " (from cache)" if cache_hit else "")
-        return rows, report
+        tokenized = load_or_tokenize(pairs, self.tokenizer, self.config.data)
+        logger.info("%s pairs tokenized%s: %s", split, " (from cache)" if tokenized.cache_hit else "", tokenized.report.summary())
+        self.data_fingerprints[split] = tokenized.cache_path.name
+        return tokenized.dataset, tokenized.report
 
-    def _eval_loader(self, rows: Any) -> DataLoader:
+    def _eval_loader(self, pairs: IndexedPairs) -> DataLoader:
         loader = DataLoader(
-            IndexedPairs(rows),
+            pairs,
             batch_size=self.config.training.per_device_eval_batch_size,
             shuffle=False,
             collate_fn=self.collator,
         )
         return self.accelerator.prepare(loader)
+
+    def _add_reference_logps(self) -> None:
+        """Attach reference log-probs of the untrained model to the train and eval pairs."""
+        settings = {"dtype": self.config.model.dtype, "bf16": self.config.training.bf16, "fp16": self.config.training.fp16}
+        cache_dir = Path(self.config.data.cache_dir or default_cache_dir())
+        # NOTE: the model is not yet wrapped by accelerate here; under DeepSpeed ZeRO-3 this
+        # forward pass would need the prepared engine.
+        model = self.model.to(self.accelerator.device)
+        for split, pairs in (("train", self.train_pairs), ("eval", self.eval_pairs)):
+            if pairs is None:
+                continue
+            path = reference_cache_path(cache_dir, self.data_fingerprints[split], self.config.model.model_name_or_path, settings)
+            pairs.reference = load_or_compute_reference_logps(path, model, self._eval_loader(pairs), self.accelerator, len(pairs), split)
 
     def _prepare_output_dir(self) -> None:
         training = self.config.training
@@ -218,16 +244,22 @@ class Trainer:
         grad_norm = float("nan")
 
         while self.state.global_step < self.total_steps:
-            self.sampler.set_epoch(self.state.epoch)
             loader = self.train_loader
             if self.state.batches_in_epoch:
                 loader = self.accelerator.skip_first_batches(loader, self.state.batches_in_epoch)
+            # accelerate's loaders pass their own epoch counter to the sampler when iterated, and a
+            # loader made by skip_first_batches starts that counter at 0: set it explicitly.
+            loader.set_epoch(self.state.epoch)
 
             for batch in loader:
                 with self.accelerator.accumulate(self.model):
+                    hyperparameters = self._scheduled_hyperparameters()
                     logps = pair_logps(self.model, batch)
-                    output = compute_objective(self.config.objective, logps)
+                    output = compute_objective(self.config.objective, logps, **hyperparameters)
                     loss = output.losses.mean()
+                    if self.config.objective.sft_weight:
+                        sft = sft_loss(logps)
+                        loss = loss + self.config.objective.sft_weight * sft.mean()
                     self.accelerator.backward(loss)
 
                     if self.accelerator.sync_gradients:
@@ -238,7 +270,7 @@ class Trainer:
                 self.state.batches_in_epoch += 1
                 self.state.pairs_seen += batch["pair_index"].shape[0] * self.accelerator.num_processes
                 tokens = batch["attention_mask"].sum().reshape(1)
-                window.append(PairStats.from_batch(logps, output, tokens.expand(output.losses.shape[0]) / output.losses.shape[0]))
+                window.append(PairStats.from_batch(logps, output, tokens.expand(output.losses.shape[0]) / output.losses.shape[0], sft if self.config.objective.sft_weight else None))
                 if not self.accelerator.sync_gradients:
                     continue
 
@@ -247,7 +279,7 @@ class Trainer:
                 progress.update(1)
 
                 if self.state.global_step % training.logging_steps == 0 or self.state.global_step == self.total_steps:
-                    record = self._step_record(window, grad_norm, time.perf_counter() - window_started)
+                    record = self._step_record(window, grad_norm, time.perf_counter() - window_started, hyperparameters)
                     progress.set_postfix(loss=f"{record['loss']:.4f}", active=f"{record['active_fraction']:.2f}")
                     self._write_metrics(record)
                     window, window_started = [], time.perf_counter()
@@ -280,15 +312,20 @@ class Trainer:
             save_file({name: getattr(result, name).contiguous() for name in ("pair_index", "margins", "summed_margins")}, path)
         return result
 
+    def _scheduled_hyperparameters(self) -> dict[str, float]:
+        """gamma in force at the step being taken, when a gamma_schedule is set; otherwise nothing."""
+        gamma = gamma_for_step(self.config.objective, self.state.global_step, self.total_steps)
+        return {} if gamma is None else {"gamma": gamma}
+
     def _clip_gradients(self) -> float:
         max_norm = self.config.training.max_grad_norm or float("inf")
         return float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
 
-    def _step_record(self, window: list[PairStats], grad_norm: float, seconds: float) -> dict[str, Any]:
+    def _step_record(self, window: list[PairStats], grad_norm: float, seconds: float, scheduled: dict[str, float]) -> dict[str, Any]:
         stats = PairStats.concat([self._gather(s) for s in window])
         record: dict[str, Any] = {"step": self.state.global_step, "epoch": self.state.epoch, **summarize(stats)}
         if "gamma" in self.objective.defaults:
-            record["gamma"] = resolve_hyperparameters(self.config.objective)["gamma"]
+            record["gamma"] = scheduled.get("gamma", resolve_hyperparameters(self.config.objective)["gamma"])
         record["learning_rate"] = self.scheduler.get_last_lr()[0]
         record["grad_norm"] = grad_norm
         record["pairs_per_second"] = stats.margins.shape[0] / seconds
@@ -298,7 +335,8 @@ class Trainer:
     def _gather(self, stats: PairStats) -> PairStats:
         if self.accelerator.num_processes == 1:
             return stats
-        return PairStats(*self.accelerator.gather_for_metrics(tuple(vars(stats).values())))
+        present = {name: value for name, value in vars(stats).items() if value is not None}
+        return PairStats(**self.accelerator.gather_for_metrics(present))
 
     def _evaluate(self, when: str) -> EvalResult | None:
         if self.eval_loader is None:

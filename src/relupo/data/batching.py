@@ -8,6 +8,9 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
+# Reference-model log-prob sums that rows carry when the objective needs them.
+REFERENCE_KEYS = ("reference_chosen_logps", "reference_rejected_logps")
+
 
 class EpochShuffleSampler(Sampler[int]):
     """Yield a permutation of the dataset that depends only on (seed, epoch).
@@ -57,9 +60,13 @@ class PairCollator:
             attention_mask[i, : len(sequence)] = 1
             response_mask[i, prompt_length : len(sequence)] = True
 
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "response_mask": response_mask,
             "pair_index": torch.tensor([row["index"] for row in rows], dtype=torch.long),
         }
+        for name in REFERENCE_KEYS:
+            if name in rows[0]:
+                batch[name] = torch.tensor([float(row[name]) for row in rows], dtype=torch.float32)
+        return batch
