@@ -10,6 +10,7 @@ Errors caused by input (config, data, paths) print one line and exit with status
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -20,35 +21,15 @@ from relupo.errors import RelupoError
 logger = logging.getLogger("relupo")
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    from relupo.config import field_index
-
-    parser.add_argument("--config", metavar="FILE", help="YAML file with options; flags below override single options.")
-    for section in ("model", "data", "objective", "training"):
-        group = parser.add_argument_group(f"{section} options")
-        for name, (field_section, field) in field_index().items():
-            if field_section != section:
-                continue
-            is_bool = field.type in (bool, "bool")
-            group.add_argument(
-                f"--{name.replace('_', '-')}",
-                f"--{name}",
-                dest=name,
-                metavar="BOOL" if is_bool else "VALUE",
-                nargs="?" if is_bool else None,
-                const="true" if is_bool else None,
-                default=argparse.SUPPRESS,
-                help=field.metadata["help"],
-            )
+# Each command module provides add_parser(subparsers) and run(arguments) -> exit status.
+COMMAND_MODULES = ("train",)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relupo", description="Preference optimization of language models with RePO and its baselines.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    train = commands.add_parser("train", help="Train a model on preference pairs.", description="Train a model on preference pairs.")
-    train.add_argument("--print-config", action="store_true", help="Print the resolved configuration as YAML and exit.")
-    _add_config_options(train)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"relupo.commands.{name}").add_parser(commands)
     return parser
 
 
@@ -62,28 +43,19 @@ def _configure_logging() -> None:
     )
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # relupo prints its own progress; the libraries' per-file progress bars only add noise.
+    import datasets
+    import transformers
 
-
-def _run_train(arguments: argparse.Namespace) -> int:
-    from relupo.config import load_config
-    from relupo.train import train
-
-    overrides = {name: value for name, value in vars(arguments).items() if name not in ("command", "config", "print_config")}
-    config = load_config(arguments.config, overrides)
-    config.validate()
-    if arguments.print_config:
-        print(config.to_yaml(), end="")
-        return 0
-    train(config)
-    return 0
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     _configure_logging()
-    handlers = {"train": _run_train}
     try:
-        return handlers[arguments.command](arguments)
+        return importlib.import_module(f"relupo.commands.{arguments.command}").run(arguments)
     except RelupoError as error:
         print(f"relupo: error: {error}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ from relupo import checkpoint
 from relupo.config import TrainConfig
 from relupo.data import load_or_tokenize, load_pairs
 from relupo.data.tokenize import default_cache_dir
-from relupo.data.batching import EpochShuffleSampler, PairCollator
+from relupo.data.batching import LengthGroupedBatchSampler, PairCollator, pair_lengths
 from relupo.errors import ConfigError, RelupoError
 from relupo.evaluate import EvalResult, evaluate_pairs
 from relupo.logps import pair_logps
@@ -104,15 +104,14 @@ class Trainer:
         )
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.collator = PairCollator(pad_token_id=pad_id if pad_id is not None else 0)
-        self.sampler = EpochShuffleSampler(len(self.train_rows), seed=training.seed)
         self.train_pairs = IndexedPairs(self.train_rows)
         self.eval_pairs = IndexedPairs(self.eval_rows) if self.eval_rows is not None else None
         if self.objective.needs_reference:
             self._add_reference_logps()
+        self.batch_sampler = LengthGroupedBatchSampler(pair_lengths(self.train_rows), training.per_device_train_batch_size, seed=training.seed)
         train_loader = DataLoader(
             self.train_pairs,
-            batch_size=training.per_device_train_batch_size,
-            sampler=self.sampler,
+            batch_sampler=self.batch_sampler,
             collate_fn=self.collator,
             num_workers=training.dataloader_num_workers,
         )
@@ -140,12 +139,8 @@ class Trainer:
         return tokenized.dataset, tokenized.report
 
     def _eval_loader(self, pairs: IndexedPairs) -> DataLoader:
-        loader = DataLoader(
-            pairs,
-            batch_size=self.config.training.per_device_eval_batch_size,
-            shuffle=False,
-            collate_fn=self.collator,
-        )
+        batches = LengthGroupedBatchSampler(pair_lengths(pairs.rows), self.config.training.per_device_eval_batch_size, shuffle=False)
+        loader = DataLoader(pairs, batch_sampler=batches, collate_fn=self.collator)
         return self.accelerator.prepare(loader)
 
     def _add_reference_logps(self) -> None:
@@ -248,8 +243,9 @@ class Trainer:
             if self.state.batches_in_epoch:
                 loader = self.accelerator.skip_first_batches(loader, self.state.batches_in_epoch)
             # accelerate's loaders pass their own epoch counter to the sampler when iterated, and a
-            # loader made by skip_first_batches starts that counter at 0: set it explicitly.
+            # loader made by skip_first_batches starts that counter at 0: set both explicitly.
             loader.set_epoch(self.state.epoch)
+            self.batch_sampler.set_epoch(self.state.epoch)
 
             for batch in loader:
                 with self.accelerator.accumulate(self.model):

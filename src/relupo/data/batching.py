@@ -1,4 +1,4 @@
-"""Batches of tokenized pairs: a seeded epoch order and right-padded [chosen; rejected] tensors."""
+"""Batches of tokenized pairs: seeded length-grouped order and right-padded [chosen; rejected] tensors."""
 
 from __future__ import annotations
 
@@ -6,33 +6,58 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Sampler
 
 # Reference-model log-prob sums that rows carry when the objective needs them.
 REFERENCE_KEYS = ("reference_chosen_logps", "reference_rejected_logps")
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """Yield a permutation of the dataset that depends only on (seed, epoch).
+class LengthGroupedBatchSampler:
+    """Batches of pairs with similar lengths, in an order that depends only on (seed, epoch).
 
-    The order of any epoch can be rebuilt from the seed alone, which is what makes resuming from a
-    checkpoint land on exactly the batches an uninterrupted run would have seen.
+    Each epoch shuffles all pairs, cuts the permutation into groups of `group_batches` batches,
+    sorts each group by length and cuts it into batches, then shuffles the full batches. Pairs in
+    a batch have similar lengths, so little compute goes to padding, while every batch is still
+    drawn from a random part of the data. A short final batch, if any, comes last.
+
+    Because the order of any epoch is rebuilt from the seed alone, a run resumed from a checkpoint
+    sees exactly the batches an uninterrupted run would have seen. With `shuffle=False` (held-out
+    evaluation) batches are formed longest first, with no randomness.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size = size
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, shuffle: bool = True, group_batches: int = 50) -> None:
+        self.lengths = torch.tensor(lengths, dtype=torch.long)
+        self.batch_size = batch_size
         self.seed = seed
+        self.shuffle = shuffle
+        self.group_batches = group_batches
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.size
+        return -(-len(self.lengths) // self.batch_size)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[list[int]]:
+        if not self.shuffle:
+            order = torch.argsort(self.lengths, descending=True, stable=True)
+            return (batch.tolist() for batch in order.split(self.batch_size))
+
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        permutation = torch.randperm(len(self.lengths), generator=generator)
+        batches: list[torch.Tensor] = []
+        for group in permutation.split(self.batch_size * self.group_batches):
+            by_length = group[torch.argsort(self.lengths[group], descending=True, stable=True)]
+            batches.extend(by_length.split(self.batch_size))
+        full = [batch for batch in batches if len(batch) == self.batch_size]
+        short = [batch for batch in batches if len(batch) < self.batch_size]
+        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+        return (batch.tolist() for batch in shuffled + short)
+
+
+def pair_lengths(rows: Any) -> list[int]:
+    """Tokens of the longer of a pair's two sequences (prompt + response), per row."""
+    return [len(p) + max(len(c), len(r)) for p, c, r in zip(rows["prompt_ids"], rows["chosen_ids"], rows["rejected_ids"])]
 
 
 class PairCollator:

@@ -170,6 +170,10 @@ def _render_with_template(pair: PreferencePair, tokenizer: Any) -> tuple[str, st
 
 def _encode(texts: list[str], tokenizer: Any) -> list[list[int]]:
     # Special tokens are handled by _with_bos and _split_at_prompt, so the encoder adds none.
+    # Sequences longer than model_max_length are expected here because truncation comes later and
+    # is explicit; this flag is how transformers marks its warning about them as already shown.
+    if hasattr(tokenizer, "deprecation_warnings"):
+        tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
     ids: list[list[int]] = []
     for start in range(0, len(texts), _ENCODE_CHUNK):
         ids.extend(tokenizer(texts[start : start + _ENCODE_CHUNK], add_special_tokens=False)["input_ids"])

@@ -1,0 +1,1 @@
+"""One module per `relupo` command: `add_parser(subparsers)` defines it, `run(arguments)` executes it."""
