@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -229,6 +230,13 @@ class TrainingConfig:
     eval_steps: int = _option(50, "Evaluate on the held-out pairs every this many optimizer steps; 0 only at the end.", minimum=0)
     save_steps: int = _option(50, "Write a checkpoint every this many optimizer steps; 0 disables checkpoints.", minimum=0)
     save_total_limit: int = _option(2, "Checkpoints to keep; older ones are deleted.", minimum=1)
+    snapshot_steps: int = _option(
+        50,
+        "Every this many optimizer steps (and before the first and after the last), record the margin "
+        "and gradient weight of each held-out pair and of a fixed sample of up to 256 training pairs "
+        "in snapshots/step-N.safetensors, for margin histograms. 0 disables snapshots.",
+        minimum=0,
+    )
     dataloader_num_workers: int = _option(0, "Worker processes for batch collation.", minimum=0)
 
 
@@ -286,6 +294,8 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
         raise ConfigError(f"{f.name} is {value!r}; accepted values: {', '.join(meta['choices'])}.")
     if value is None or isinstance(value, bool):
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{f.name} is {value}; it must be a finite number.")
     if "minimum" in meta and value < meta["minimum"]:
         raise ConfigError(f"{f.name} is {value}; it must be at least {meta['minimum']}.")
     if "below" in meta and value >= meta["below"]:
@@ -314,16 +324,22 @@ def coerce(name: str, annotation: Any, value: Any, source: str) -> Any:
         if isinstance(value, str) and value.lower() in ("false", "0", "no"):
             return False
         raise ConfigError(f"{source}: option {name} must be true or false, got {value!r}.")
-    if annotation in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{source}: option {name} must be a number, got {value!r}.")
-        try:
-            number = annotation(value) if annotation is float else int(str(value), 10) if isinstance(value, str) else value
-        except ValueError:
-            raise ConfigError(f"{source}: option {name} must be {'an integer' if annotation is int else 'a number'}, got {value!r}.") from None
-        if annotation is int and (not isinstance(number, int) or isinstance(number, float)):
-            raise ConfigError(f"{source}: option {name} must be an integer, got {value!r}.")
-        return number
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        raise ConfigError(f"{source}: option {name} must be an integer, got {value!r}.")
+    if annotation is float:
+        # PyYAML reads 1e-6 (no dot) as a string, so numeric strings are accepted here.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{source}: option {name} must be a number, got {value!r}.")
     if annotation is str:
         if not isinstance(value, (str, int, float)):
             raise ConfigError(f"{source}: option {name} must be a string, got {value!r}.")

@@ -220,6 +220,9 @@ class Trainer:
             resolve_hyperparameters(self.config.objective),
         )
         logger.info("data: %s; %d train pairs, %d eval pairs", loaded.report.summary(), len(self.train_rows), len(self.eval_rows or []))
+        for source in loaded.report.sources:
+            for message in source.skipped_rows:
+                logger.warning("skipped invalid row: %s", message)
         logger.info(
             "device %s, %d process(es), mixed precision %s; %d optimizer steps of %d pairs",
             self.accelerator.device, self.accelerator.num_processes, self.accelerator.mixed_precision, self.total_steps,
