@@ -96,3 +96,10 @@ def test_every_option_has_help():
 
 def test_config_tree_has_four_sections():
     assert list(TrainConfig().to_dict()) == ["model", "data", "objective", "training"]
+
+
+def test_options_doc_is_current(tests_dir):
+    from relupo.config import options_markdown
+
+    document = (tests_dir.parent / "docs" / "options.md").read_text(encoding="utf-8")
+    assert document == options_markdown(), "docs/options.md is stale; regenerate it with the command in its header."

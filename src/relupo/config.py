@@ -81,6 +81,7 @@ class DataConfig:
     eval_data: str | None = _option(
         None, "Held-out pairs in any train_data format. When unset, eval_split carves them out of train_data."
     )
+    eval_data_split: str = _option("test", "Split to read when eval_data is a hub dataset id or a DatasetDict.")
     eval_split: float = _option(
         0.15,
         "Fraction of train_data held out for evaluation when eval_data is unset, chosen with the seed. "
@@ -102,8 +103,8 @@ class DataConfig:
     )
     max_length: int = _option(
         512,
-        "Maximum tokens of prompt plus response. Longer responses are cut at the end; a row whose "
-        "prompt leaves no room for a response is dropped and counted.",
+        "Maximum tokens of prompt plus response. Longer responses are cut at the end (a cut response "
+        "has no EOS); a row whose prompt leaves no room for a response is dropped and counted.",
         minimum=2,
     )
     max_prompt_length: int = _option(
@@ -112,6 +113,11 @@ class DataConfig:
     skip_bad_rows: bool = _option(
         False,
         "Skip invalid rows (each skip is counted and reported) instead of stopping at the first one.",
+    )
+    drop_duplicates: bool = _option(
+        False,
+        "Drop a pair whose prompt, chosen and rejected repeat an earlier row of the same input. "
+        "Duplicates are always counted and reported; by default they are kept.",
     )
     cache_dir: str | None = _option(
         None,
@@ -230,6 +236,12 @@ class TrainingConfig:
     eval_steps: int = _option(50, "Evaluate on the held-out pairs every this many optimizer steps; 0 only at the end.", minimum=0)
     save_steps: int = _option(50, "Write a checkpoint every this many optimizer steps; 0 disables checkpoints.", minimum=0)
     save_total_limit: int = _option(2, "Checkpoints to keep; older ones are deleted.", minimum=1)
+    max_nonfinite_steps: int = _option(
+        3,
+        "Stop training with an error after this many optimizer steps in a row were skipped because the "
+        "loss or the gradient norm was NaN or infinite. The checkpoints written before stay.",
+        minimum=1,
+    )
     snapshot_steps: int = _option(
         50,
         "Every this many optimizer steps (and before the first and after the last), record the margin "
@@ -238,6 +250,21 @@ class TrainingConfig:
         minimum=0,
     )
     dataloader_num_workers: int = _option(0, "Worker processes for batch collation.", minimum=0)
+    skip_inactive_pairs: str = _option(
+        "auto",
+        "Spend no backward computation on pairs whose gradient is exactly zero (repo, repo++, dpo+repo, "
+        "dpo+repo++, and slic with nll_weight 0, all without sft_weight): a forward pass without "
+        "autograd finds the active pairs, then only those run forward and backward. The update is "
+        "unchanged: the batch mean still counts every pair. on: always; off: never; auto: while the "
+        "recent active share is low enough for the extra forward pass to pay.",
+        choices=("auto", "on", "off"),
+    )
+    share_prompt: bool = _option(
+        True,
+        "Compute the prompt once per pair: pack prompt, chosen and rejected into one sequence with a 4D "
+        "attention mask that keeps the two responses apart. Checked against separate sequences on the "
+        "first batch and turned off, with a warning, where the model does not honor the mask.",
+    )
 
 
 @dataclass
@@ -375,6 +402,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f", line {mark.line + 1}" if mark is not None else ""
+            if isinstance(error, yaml.constructor.ConstructorError):
+                raise ConfigError(
+                    f"{path}{where}: invalid YAML ({error.problem}). Config files are read with "
+                    f"yaml.safe_load, which builds only mappings, lists, strings, numbers and booleans; "
+                    f"remove the tag."
+                ) from None
             raise ConfigError(f"{path}{where}: invalid YAML ({getattr(error, 'problem', error)}).") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the config file must be a mapping of options, got {type(raw).__name__}.")
@@ -399,3 +432,27 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         section_name, f = index[name]
         setattr(getattr(config, section_name), name, coerce(name, hints[section_name][name], value, source))
     return config
+
+
+def options_markdown() -> str:
+    """Render every option with its section, default and help text as the body of docs/options.md."""
+    lines = [
+        "# relupo train options",
+        "",
+        "Generated from the help texts in `src/relupo/config.py`; regenerate with",
+        "`python -c 'from relupo.config import options_markdown; print(options_markdown(), end=\"\")' > docs/options.md`.",
+        "In YAML, put each option under its section or list it flat; on the command line, write",
+        "`--option-name VALUE` (or `--option_name VALUE`).",
+        "",
+    ]
+    defaults = TrainConfig().to_dict()
+    for section in dataclasses.fields(TrainConfig):
+        lines += [f"## {section.name}", "", "| option | default | description |", "|---|---|---|"]
+        for f in dataclasses.fields(section.default_factory):
+            default = defaults[section.name][f.name]
+            if isinstance(default, str) and default.startswith(str(BUNDLED_DIR)):
+                default = "bundled: " + default[len(str(BUNDLED_DIR)) + 1 :]
+            shown = "none" if default is None else ", ".join(default) if isinstance(default, list) else str(default).lower() if isinstance(default, bool) else default
+            lines.append(f"| `{f.name}` | `{shown}` | {f.metadata['help']} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -25,6 +26,7 @@ from typing import Any
 
 from relupo.config import DataConfig
 from relupo.data.formats import Columns, PreferencePair, RowError, detect_format, is_empty_response, normalize_row
+from relupo.data.sniff import check_file_kind
 from relupo.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -35,12 +37,24 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # Rows per chunk when reading Parquet files and `datasets` tables.
 _CHUNK_ROWS = 1024
 # eval_data that is a DatasetDict or a hub id is read from this split.
-# NOTE: there is no option to choose another split for eval_data yet.
-EVAL_DATA_SPLIT = "test"
 
 REASON_IDENTICAL = "identical chosen and rejected"
 REASON_EMPTY_HH = "empty final response in HH transcript"
 REASON_INVALID = "invalid row (skip_bad_rows)"
+REASON_DUPLICATE = "duplicate pair"
+
+
+@dataclass(frozen=True)
+class RowIssue:
+    """A row that is invalid, dropped or a repeat of an earlier row, and what training does with it."""
+
+    location: str  # e.g. "data/train.jsonl, line 7"
+    message: str  # the problem and the fix, without the location
+    reason: str  # one of the REASON_* values, the key of the drop counts
+    kept: bool = False  # True for a duplicate that training keeps
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}"
 
 
 @dataclass
@@ -53,9 +67,19 @@ class SourceReport:
     pairs_kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows
     skipped_rows: list[str] = field(default_factory=list)  # one error message per skipped row
+    issues: list[RowIssue] = field(default_factory=list)  # every invalid, dropped or duplicate row, in input order
+    duplicates_kept: int = 0
+    detected_at: str | None = None  # row the format was detected from, e.g. "line 1"; None when forced
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def record(self, issue: RowIssue) -> None:
+        self.issues.append(issue)
+        if issue.kept:
+            self.duplicates_kept += 1
+        else:
+            self.drop(issue.reason)
 
 
 @dataclass
@@ -113,7 +137,7 @@ def load_pairs(config: DataConfig, seed: int) -> LoadedData:
 
     train = _load_input(config.train_data, config.train_split, config, columns, report)
     if config.eval_data is not None:
-        eval_pairs = _load_input(config.eval_data, EVAL_DATA_SPLIT, config, columns, report)
+        eval_pairs = _load_input(config.eval_data, config.eval_data_split, config, columns, report)
     elif config.eval_split > 0:
         train, eval_pairs = split_eval(train, config.eval_split, seed, config.train_data)
         logger.info(
@@ -142,60 +166,121 @@ def split_eval(
 
 
 def read_pairs(
-    data: str, split: str, columns: Columns, data_format: str = "auto", skip_bad_rows: bool = False
+    data: str,
+    split: str,
+    columns: Columns,
+    data_format: str = "auto",
+    skip_bad_rows: bool = False,
+    drop_duplicates: bool = False,
 ) -> tuple[list[PreferencePair], SourceReport]:
     """Read and normalize the rows of one input; raise DataError on the first invalid row.
 
     With `skip_bad_rows`, invalid rows are counted and listed in the returned report instead.
     """
-    source = _open_input(data, split)
+    source = open_input(data, split)
     report = SourceReport(source=source.label, data_format=None if data_format == "auto" else data_format)
     logger.info("Reading %s", source.label)
+    pairs = collect_pairs(source, report, columns, skip_bad_rows, drop_duplicates)
+    _check_not_empty(source.label, report)
+    if report.duplicates_kept:
+        logger.warning(
+            "%s: %d pairs repeat an earlier row and are kept; set drop_duplicates to true to drop them",
+            source.label, report.duplicates_kept,
+        )
+    logger.info("Read %s as %s rows: %s", source.label, report.data_format, DataReport([report]).summary())
+    return pairs, report
+
+
+def collect_pairs(
+    source: _Input, report: SourceReport, columns: Columns, skip_bad_rows: bool = False, drop_duplicates: bool = False
+) -> list[PreferencePair]:
+    """Normalize every row of `source` into pairs and record each invalid, dropped or repeated row.
+
+    Raises DataError at the first invalid row unless `skip_bad_rows` is set, and when the input
+    stops being readable; `report` keeps the counts up to that point.
+    """
     pairs: list[PreferencePair] = []
+    first_seen: dict[bytes, str] = {}  # digest of (prompt, chosen, rejected) -> "line N" of its first row
 
     for raw in source.rows:
         report.rows_read += 1
-        location = f"{source.label}, {source.unit} {raw.number}"
+        where = f"{source.unit} {raw.number}"
+        location = f"{source.label}, {where}"
         try:
-            pair = _parse_row(raw, report, columns, f"{source.id_prefix}:{raw.number}", location)
+            pair = _parse_row(raw, report, columns, f"{source.id_prefix}:{raw.number}", location, where)
         except RowError as error:
-            message = f"{location}: {error}"
+            issue = RowIssue(location, str(error), REASON_INVALID)
             if not skip_bad_rows:
-                raise DataError(message) from None
-            report.skipped_rows.append(message)
-            report.drop(REASON_INVALID)
+                raise DataError(str(issue)) from None
+            report.skipped_rows.append(str(issue))
+            report.record(issue)
             continue
         if is_empty_response(pair):
-            report.drop(REASON_EMPTY_HH)
-        elif pair.chosen == pair.rejected:
-            report.drop(REASON_IDENTICAL)
-        else:
-            pairs.append(pair)
+            report.record(RowIssue(location, "the final HH response is empty, so the pair is dropped.", REASON_EMPTY_HH))
+            continue
+        if pair.chosen == pair.rejected:
+            message = "chosen and rejected are identical, so the pair states no preference and is dropped."
+            report.record(RowIssue(location, message, REASON_IDENTICAL))
+            continue
+        first = first_seen.setdefault(_pair_digest(pair), where)
+        if first != where:
+            if drop_duplicates:
+                report.record(RowIssue(location, f"repeats the pair of {first}; dropped (drop_duplicates is on).", REASON_DUPLICATE))
+                continue
+            message = f"repeats the pair of {first} (same prompt, chosen and rejected); kept, set drop_duplicates to true to drop repeats."
+            report.record(RowIssue(location, message, REASON_DUPLICATE, kept=True))
+        pairs.append(pair)
 
     report.pairs_kept = len(pairs)
-    _check_not_empty(source.label, report)
-    logger.info("Read %s as %s rows: %s", source.label, report.data_format, DataReport([report]).summary())
-    return pairs, report
+    return pairs
+
+
+def _pair_digest(pair: PreferencePair) -> bytes:
+    content = json.dumps([pair.prompt, pair.chosen, pair.rejected], ensure_ascii=False)
+    return hashlib.sha256(content.encode("utf-8")).digest()
 
 
 def _load_input(
     data: str, split: str, config: DataConfig, columns: Columns, report: DataReport
 ) -> list[PreferencePair]:
-    pairs, source_report = read_pairs(data, split, columns, config.data_format, config.skip_bad_rows)
+    pairs, source_report = read_pairs(data, split, columns, config.data_format, config.skip_bad_rows, config.drop_duplicates)
     report.sources.append(source_report)
     return pairs
 
 
-def _parse_row(raw: _RawRow, report: SourceReport, columns: Columns, pair_id: str, location: str) -> PreferencePair:
+def _parse_row(
+    raw: _RawRow, report: SourceReport, columns: Columns, pair_id: str, location: str, where: str
+) -> PreferencePair:
     if raw.error is not None:
         raise RowError(raw.error)
     data_format = report.data_format or detect_format(raw.value, columns)
-    pair = normalize_row(raw.value, data_format, columns, pair_id, location)
+    try:
+        pair = normalize_row(raw.value, data_format, columns, pair_id, location)
+    except RowError:
+        if report.detected_at is not None:
+            _check_same_format(raw.value, columns, report)
+        raise
     if report.data_format is None:
         # The first valid row fixes the format of the whole input.
         report.data_format = data_format
+        report.detected_at = where
         logger.info("Detected %s rows in %s from %s", data_format, report.source, location)
     return pair
+
+
+def _check_same_format(row: Any, columns: Columns, report: SourceReport) -> None:
+    """Raise RowError when an invalid row is valid in another format than the detected one."""
+    try:
+        row_format = detect_format(row, columns)
+        normalize_row(row, row_format, columns, "", "")
+    except RowError:
+        return
+    if row_format != report.data_format:
+        raise RowError(
+            f"the row is in {row_format} format, but the input's rows are in {report.data_format} format "
+            f"(detected from {report.detected_at}); one input must use one format, so convert the row or "
+            f"move it to a separate file."
+        )
 
 
 def _check_not_empty(label: str, report: SourceReport) -> None:
@@ -213,12 +298,13 @@ def _check_not_empty(label: str, report: SourceReport) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _open_input(data: str, split: str) -> _Input:
+def open_input(data: str, split: str) -> _Input:
     """Pick the reader for `data` from what the path is; raise DataError when none fits."""
     path = Path(data).expanduser()
     if path.is_dir():
         return _saved_dataset(path, data, split)
     if path.is_file():
+        check_file_kind(path, data)
         name = path.name.lower()
         if name.endswith((".jsonl", ".jsonl.gz")):
             return _Input(data, path.name, "line", _guard(data, _read_jsonl(path)))
@@ -258,6 +344,13 @@ def _parse_json_lines(lines: Iterator[bytes]) -> Iterator[_RawRow]:
             continue
         if not text.strip():
             continue  # a blank line contains no row
+        if "\x00" in text:
+            yield _RawRow(
+                number,
+                error=f"the line contains a NUL byte (column {text.index(chr(0)) + 1}); the file is binary, "
+                f"UTF-16 encoded or damaged. Remove the NUL bytes or write the file again as UTF-8 JSON Lines.",
+            )
+            continue
         try:
             # Without the line break, a truncated line reports its error on this line, not the next.
             yield _RawRow(number, value=json.loads(text.rstrip("\r\n")))
