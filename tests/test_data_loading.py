@@ -375,11 +375,12 @@ def test_empty_gzip_file(tmp_path):
 
 def test_corrupt_gzip_file(tmp_path):
     path = tmp_path / "broken.jsonl.gz"
-    path.write_bytes(b"not gzip at all")
+    path.write_bytes(gzip.compress(GOOD * 200)[:60])
     with pytest.raises(DataError) as error:
         read(path)
     assert str(error.value) == (
-        f"{path}: failed to read the file (Not a gzipped file (b'no')); check that it is complete and not corrupt."
+        f"{path}: failed to read the file (Compressed file ended before the end-of-stream marker was reached); "
+        "check that it is complete and not corrupt."
     )
 
 

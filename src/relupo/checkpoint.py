@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -33,6 +34,9 @@ from relupo.errors import RelupoError
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
+# Prefixes of directories that a killed process can leave in checkpoints/: a checkpoint being
+# written, and an old checkpoint being deleted. Neither is ever read.
+INCOMPLETE_PREFIXES = (".tmp-step-", ".deleting-step-")
 
 
 @dataclass
@@ -43,6 +47,7 @@ class TrainerState:
     epoch: int = 0  # epoch in progress
     batches_in_epoch: int = 0  # micro-batches of that epoch already consumed
     pairs_seen: int = 0
+    active_fraction_estimate: float = 1.0  # running active share that skip_inactive_pairs auto decides on
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -88,22 +93,44 @@ def save_checkpoint(
     final = root / f"step-{state.global_step}"
     temporary = root / f".tmp-step-{state.global_step}"
     shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
-
-    save_file(trainable_state(model), temporary / "trainable.safetensors")
-    torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
-    torch.save(scheduler.state_dict(), temporary / "scheduler.pt")
-    rng_tensors, rng_plain = _rng_state()
-    save_file(rng_tensors, temporary / "rng.safetensors")
-    (temporary / "state.json").write_text(json.dumps({"trainer": asdict(state), "rng": rng_plain}))
-    _fsync_tree(temporary)
+    try:
+        temporary.mkdir()
+        save_file(trainable_state(model), temporary / "trainable.safetensors")
+        torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
+        torch.save(scheduler.state_dict(), temporary / "scheduler.pt")
+        rng_tensors, rng_plain = _rng_state()
+        save_file(rng_tensors, temporary / "rng.safetensors")
+        (temporary / "state.json").write_text(json.dumps({"trainer": asdict(state), "rng": rng_plain}))
+        _fsync_tree(temporary)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        complete = list_checkpoints(output_dir)
+        newest = f"{complete[-1]} is the newest complete checkpoint" if complete else "no complete checkpoint exists yet"
+        raise RelupoError(
+            f"{final}: failed to write the checkpoint ({error.strerror or error}); the partial copy was removed and "
+            f"{newest}. Free disk space or fix the permissions of output_dir, then continue with --resume true."
+        ) from None
 
     shutil.rmtree(final, ignore_errors=True)
     os.replace(temporary, final)
     _fsync_directory(root)
     for old in list_checkpoints(output_dir)[:-keep]:
-        shutil.rmtree(old)
+        # Rename first, so a kill during the deletion never leaves a partial step-N that looks complete.
+        doomed = root / f".deleting-{old.name}"
+        os.replace(old, doomed)
+        shutil.rmtree(doomed)
     return final
+
+
+def remove_incomplete_checkpoints(output_dir: Path) -> list[Path]:
+    """Delete the partial directories a killed run left in checkpoints/; return their paths."""
+    root = output_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    leftovers = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(INCOMPLETE_PREFIXES))
+    for path in leftovers:
+        shutil.rmtree(path)
+    return leftovers
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
@@ -121,10 +148,16 @@ def load_checkpoint(
     """Restore weights, optimizer, scheduler and RNG states from `path`; return the trainer state."""
     try:
         weights = load_file(path / "trainable.safetensors")
-        optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-        scheduler_state = torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True)
+        optimizer_state = _load_state_dict(path / "optimizer.pt")
+        scheduler_state = _load_state_dict(path / "scheduler.pt")
         rng_tensors = load_file(path / "rng.safetensors")
         saved = json.loads((path / "state.json").read_text())
+    except pickle.UnpicklingError as error:
+        raise RelupoError(
+            f"{error.args[0]}: the file contains Python objects other than tensors and plain values, and loading "
+            f"them would let the file run code; relupo loads checkpoints with torch.load(weights_only=True), "
+            f"which rejects them. Delete this checkpoint and resume from an older one, or start a new run."
+        ) from None
     except FileNotFoundError as error:
         raise RelupoError(f"{path}: checkpoint is incomplete ({Path(error.filename).name} is missing); delete it to resume from an older one.") from None
     except Exception as error:  # noqa: BLE001 - any unreadable file means the checkpoint cannot be trusted
@@ -144,6 +177,14 @@ def load_checkpoint(
     scheduler.load_state_dict(scheduler_state)
     _set_rng_state(rng_tensors, saved["rng"])
     return TrainerState(**saved["trainer"])
+
+
+def _load_state_dict(file: Path) -> Any:
+    """Load a state_dict of tensors and plain values; raise UnpicklingError naming `file` for anything else."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise pickle.UnpicklingError(str(file)) from None
 
 
 def _fsync_tree(directory: Path) -> None:

@@ -142,6 +142,7 @@ def _text_field(row: dict[str, Any], column: str, columns: Columns, need: str) -
         raise RowError(f'field "{column}" is {_describe(value)}, not a string; the text format expects text here.')
     if not value.strip():
         raise RowError(f'field "{column}" is empty; {need}')
+    _check_no_nul(value, f'field "{column}"')
     return value
 
 
@@ -159,6 +160,8 @@ def _normalize_conversational(row: dict[str, Any], columns: Columns) -> tuple[Me
     if isinstance(prompt_value, list):
         prompt = _messages_field(row, columns.prompt, columns)
         _check_prompt_end(prompt, columns.prompt)
+        _check_repeated_prompt(prompt, chosen, columns.chosen, columns.prompt)
+        _check_repeated_prompt(prompt, rejected, columns.rejected, columns.prompt)
         chosen_response = _strip_prompt(prompt, chosen)
         rejected_response = _strip_prompt(prompt, rejected)
     else:
@@ -168,6 +171,7 @@ def _normalize_conversational(row: dict[str, Any], columns: Columns) -> tuple[Me
             f'fields "{columns.chosen}" and "{columns.rejected}" share no leading messages; give the '
             f'prompt as a message list in field "{columns.prompt}".'
         )
+    _check_starts_with_user(prompt, columns.prompt if isinstance(prompt_value, list) else columns.chosen)
     _check_response(chosen_response, columns.chosen)
     _check_response(rejected_response, columns.rejected)
     _check_system_first(prompt + chosen_response, columns.chosen)
@@ -199,6 +203,7 @@ def _message(item: Any, column: str, index: int) -> dict[str, str]:
     # Some datasets ship an empty system message, which chat templates render fine.
     if role != "system" and not content.strip():
         raise RowError(f'{where} ({role}) has empty content; user and assistant messages need text.')
+    _check_no_nul(content, where)
     return {"role": role, "content": content}
 
 
@@ -207,6 +212,33 @@ def _check_prompt_end(prompt: Messages, column: str) -> None:
         raise RowError(
             f'field "{column}" ends with an assistant message; the prompt must stop before the '
             f"response, which belongs in chosen and rejected."
+        )
+
+
+def _check_repeated_prompt(prompt: Messages, conversation: Messages, column: str, prompt_column: str) -> None:
+    """Raise RowError when `conversation` starts with prompt turns that differ from the explicit prompt."""
+    if conversation[0]["role"] == "assistant" or conversation[: len(prompt)] == prompt:
+        return
+    if not any(message["role"] == "assistant" for message in conversation):
+        return  # reported as a missing response, the more likely mistake
+    differs_at = next(
+        (index for index, (a, b) in enumerate(zip(prompt, conversation), start=1) if a != b),
+        min(len(prompt), len(conversation)) + 1,
+    )
+    raise RowError(
+        f'field "{column}" repeats a prompt that differs from field "{prompt_column}" at message '
+        f"{differs_at}; chosen and rejected must answer the same prompt, so give only the response or "
+        f"the exact prompt followed by the response."
+    )
+
+
+def _check_starts_with_user(prompt: Messages, column: str) -> None:
+    first = next((index for index, message in enumerate(prompt, start=1) if message["role"] != "system"), None)
+    if first is None or prompt[first - 1]["role"] != "user":
+        raise RowError(
+            f'field "{column}": the prompt has no user message before the response, or starts with an '
+            f"assistant message; after an optional system message, a conversation must start with a user "
+            f"message."
         )
 
 
@@ -224,6 +256,14 @@ def _split_shared_prompt(
     shared = 0
     while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
         shared += 1
+    both_answer = all(any(m["role"] == "assistant" for m in c[shared:]) for c in (chosen, rejected))
+    if both_answer and chosen[shared]["role"] == rejected[shared]["role"] != "assistant":
+        role = chosen[shared]["role"]
+        raise RowError(
+            f'fields "{columns.chosen}" and "{columns.rejected}" differ at message {shared + 1}, a {role} '
+            f"message in both; chosen and rejected must share the prompt and differ only in the assistant "
+            f"response."
+        )
     if chosen == rejected:
         # Keep the final assistant turns as the (identical) responses, so the loader drops the pair
         # as identical instead of reporting a missing response.
@@ -410,6 +450,14 @@ def _group(row: dict[str, Any], columns: Columns) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise RowError(f'field "{columns.group}" (group_column) is {_describe(value)}; a group must be a string or an integer.')
+
+
+def _check_no_nul(text: str, where: str) -> None:
+    if "\x00" in text:
+        raise RowError(
+            f"{where} contains a NUL character (position {text.index(chr(0)) + 1}); NUL characters come "
+            f"from binary or damaged files, so remove them."
+        )
 
 
 def _list_columns(row: dict[str, Any]) -> str:
