@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch import Tensor
 
 from relupo.objectives import PairLogps
@@ -14,9 +15,14 @@ from relupo.objectives import PairLogps
 LOGSOFTMAX_CHUNK_ROWS = 4096
 
 
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Return the transformers model inside DDP, FSDP, DeepSpeed, torch.compile and peft wrappers."""
+    model = extract_model_from_parallel(model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return "logits_to_keep" in inspect.signature(unwrap_model(model).forward).parameters
 
 
 def token_logps(logits: Tensor, labels: Tensor) -> Tensor:
