@@ -22,7 +22,7 @@ logger = logging.getLogger("relupo")
 
 
 # Each command module provides add_parser(subparsers) and run(arguments) -> exit status.
-COMMAND_MODULES = ("train",)
+COMMAND_MODULES = ("train", "validate", "eval", "generate", "judge", "plot", "report", "compare", "gamma")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -434,6 +434,16 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return config
 
 
+def _format_default(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return ", ".join(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
 def options_markdown() -> str:
     """Render every option with its section, default and help text as the body of docs/options.md."""
     lines = [
@@ -452,7 +462,7 @@ def options_markdown() -> str:
             default = defaults[section.name][f.name]
             if isinstance(default, str) and default.startswith(str(BUNDLED_DIR)):
                 default = "bundled: " + default[len(str(BUNDLED_DIR)) + 1 :]
-            shown = "none" if default is None else ", ".join(default) if isinstance(default, list) else str(default).lower() if isinstance(default, bool) else default
+            shown = _format_default(default)
             lines.append(f"| `{f.name}` | `{shown}` | {f.metadata['help']} |")
         lines.append("")
     return "\n".join(lines)

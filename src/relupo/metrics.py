@@ -1,8 +1,10 @@
 """Per-pair statistics and their batch summaries, under the names used in logs, plots and docs.
 
 margin           M, the length-normalized margin (nats per token), whatever the objective
+margin/p10, /p50, /p90  10th, 50th and 90th percentiles of M over the pairs of the logging window
 accuracy         share of pairs with M > 0
 active_fraction  share of pairs whose gradient weight is nonzero; for RePO, the pairs with M < gamma
+grad_weight      mean over pairs of the objective's dL/d(margin) (for RePO: -active_fraction)
 logps/chosen     mean over pairs of the length-normalized chosen log-prob (nats per token)
 logps/rejected   the same for rejected
 sft_loss         mean NLL per token of the chosen response, when sft_weight > 0
@@ -55,11 +57,16 @@ class PairStats:
 
 def summarize(stats: PairStats) -> dict[str, float]:
     """Batch means of the per-pair values, keyed by their public metric names."""
+    p10, p50, p90 = torch.quantile(stats.margins, torch.tensor([0.1, 0.5, 0.9])).tolist()
     summary = {
         "loss": stats.losses.mean().item(),
         "margin": stats.margins.mean().item(),
+        "margin/p10": p10,
+        "margin/p50": p50,
+        "margin/p90": p90,
         "accuracy": (stats.margins > 0).float().mean().item(),
         "active_fraction": (stats.grad_weights != 0).float().mean().item(),
+        "grad_weight": stats.grad_weights.mean().item(),
         "logps/chosen": stats.chosen_mean_logps.mean().item(),
         "logps/rejected": stats.rejected_mean_logps.mean().item(),
     }

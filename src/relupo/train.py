@@ -37,14 +37,18 @@ from relupo.evaluate import EvalResult, evaluate_pairs
 from relupo.logps import pair_logps
 from relupo.metrics import PairStats, summarize
 from relupo.modeling import load_model, load_tokenizer, save_final_model
+from relupo.numerics import NonFiniteGuard, check_mixed_precision
+from relupo.run_files import append_line, check_free_space, read_json_lines, replace_atomically
 from relupo.gamma import gamma_for_step
-from relupo.objectives import OBJECTIVES, compute_objective, resolve_hyperparameters, sft_loss
+from relupo.objectives import OBJECTIVES, ObjectiveOutput, PairLogps, compute_objective, resolve_hyperparameters, sft_loss
 from relupo.reference import load_or_compute_reference_logps, reference_cache_path
+from relupo.step import PairStep
+from relupo.snapshots import SnapshotRecorder
 
 logger = logging.getLogger(__name__)
 
 # Files and directories a run writes; --overwrite-output-dir removes exactly these.
-RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "summary.json", "eval_before.safetensors", "eval_margins.jsonl", "checkpoints", "model")
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "summary.json", "eval_before.safetensors", "eval_margins.jsonl", "checkpoints", "model", "snapshots")
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
@@ -81,8 +85,9 @@ class Trainer:
         config, training = self.config, self.config.training
         self.accelerator = Accelerator(
             gradient_accumulation_steps=training.gradient_accumulation_steps,
-            mixed_precision="bf16" if training.bf16 else "fp16" if training.fp16 else "no",
+            mixed_precision=mixed_precision(training),
         )
+        check_mixed_precision(self.accelerator, training)
         set_seed(training.seed)
         self._prepare_output_dir()
 
@@ -95,6 +100,8 @@ class Trainer:
             raise RelupoError(f"{config.data.train_data}: no usable training pairs remain ({train_report}).")
 
         self.model = load_model(config.model)
+        if self.accelerator.is_main_process:
+            self._check_free_space()
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=training.learning_rate,
@@ -117,6 +124,9 @@ class Trainer:
         )
         self.model, self.optimizer, self.train_loader = self.accelerator.prepare(self.model, self.optimizer, train_loader)
         self.eval_loader = self._eval_loader(self.eval_pairs) if self.eval_pairs is not None else None
+        self.pair_step = PairStep(self.accelerator, self.model, config, lambda: self.state)
+        self.guard = NonFiniteGuard(self.accelerator, training.max_nonfinite_steps)
+        self.snapshots = SnapshotRecorder(self) if training.snapshot_steps else None
 
         steps_per_epoch = math.ceil(len(self.train_loader) / training.gradient_accumulation_steps)
         self.total_steps = training.max_steps if training.max_steps > 0 else math.ceil(training.num_train_epochs * steps_per_epoch)
@@ -164,10 +174,11 @@ class Trainer:
                 f"{self.output_dir}: output_dir already holds a run. Pass --resume true to continue it, "
                 f"--overwrite-output-dir true to replace it, or choose another --output-dir."
             )
-        if training.resume and not checkpoint.list_checkpoints(self.output_dir):
-            raise ConfigError(f"{self.output_dir}: --resume was given but the run has no complete checkpoint to resume from.")
-        if training.resume:
+        if training.resume and holds_run:
             self._check_resume_config()
+        # Every process must look at output_dir before the main process writes config.yaml into it,
+        # or a slower process finds that file and stops with "already holds a run".
+        self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return
         if training.overwrite_output_dir:
@@ -181,8 +192,23 @@ class Trainer:
             probe.unlink()
         except OSError as error:
             raise RelupoError(f"{self.output_dir}: output_dir is not writable ({error.strerror}); choose another --output-dir.") from None
-        if not training.resume:
-            (self.output_dir / "config.yaml").write_text(self.config.to_yaml())
+        if training.resume:
+            for path in checkpoint.remove_incomplete_checkpoints(self.output_dir):
+                logger.warning("removed %s, an incomplete checkpoint left by a killed run", path)
+        if not holds_run or not training.resume:
+            replace_atomically(self.output_dir / "config.yaml", lambda path: path.write_text(self.config.to_yaml()))
+
+    def _check_free_space(self) -> None:
+        """Fail at start when output_dir cannot hold the checkpoints and the final model."""
+        parameters = list(self.model.parameters())
+        model_bytes = sum(p.numel() * p.element_size() for p in parameters)
+        # A checkpoint holds the trainable weights and AdamW's two moments; while one is written,
+        # save_total_limit older ones still exist.
+        # NOTE: an estimate; it leaves out tokenizer files, metrics and file-format overhead.
+        checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in parameters if p.requires_grad)
+        training = self.config.training
+        checkpoints = training.save_total_limit + 1 if training.save_steps else 0
+        check_free_space(self.output_dir, checkpoints * checkpoint_bytes + model_bytes, "the checkpoints and the final model")
 
     def _check_resume_config(self) -> None:
         from relupo.config import load_config
@@ -203,7 +229,15 @@ class Trainer:
             )
 
     def _resume(self) -> None:
-        path = checkpoint.list_checkpoints(self.output_dir)[-1]
+        complete = checkpoint.list_checkpoints(self.output_dir)
+        if not complete:
+            # A run killed before its first checkpoint restarts from the beginning, so a job script can
+            # always pass --resume true.
+            logger.warning("%s has no complete checkpoint; --resume starts the run from step 0", self.output_dir)
+            if self.accelerator.is_main_process:
+                _truncate_metrics(self.output_dir / "metrics.jsonl", 0)
+            return
+        path = complete[-1]
         model = self.accelerator.unwrap_model(self.model)
         self.state = checkpoint.load_checkpoint(path, model, self.optimizer, self.scheduler)
         if self.accelerator.is_main_process:
@@ -236,6 +270,8 @@ class Trainer:
         training = self.config.training
         started = time.perf_counter()
         before = self._evaluation_before_training()
+        if self.snapshots is not None and self.state.global_step == 0:
+            self.snapshots.record(0, before)
         progress = tqdm(total=self.total_steps, initial=self.state.global_step, disable=not self.accelerator.is_main_process, desc="training", unit="step")
         window: list[PairStats] = []
         window_started = time.perf_counter()
@@ -253,38 +289,48 @@ class Trainer:
             for batch in loader:
                 with self.accelerator.accumulate(self.model):
                     hyperparameters = self._scheduled_hyperparameters()
-                    logps = pair_logps(self.model, batch)
-                    output = compute_objective(self.config.objective, logps, **hyperparameters)
-                    loss = output.losses.mean()
-                    if self.config.objective.sft_weight:
-                        sft = sft_loss(logps)
-                        loss = loss + self.config.objective.sft_weight * sft.mean()
-                    self.accelerator.backward(loss)
+                    micro_batch = self.pair_step.forward(batch, hyperparameters)
+                    logps, output, sft, loss = micro_batch.logps, micro_batch.output, micro_batch.sft_losses, micro_batch.loss
+                    if loss is not None:
+                        self.accelerator.backward(loss)
+                    finite = self.guard.check_micro_batch(logps, output, loss, lambda positions: self._pair_ids(batch, positions))
 
+                    # A step with a NaN or inf loss or gradient is skipped; see relupo.numerics.
+                    step_allowed = True
                     if self.accelerator.sync_gradients:
+                        self.pair_step.fill_missing_gradients()
                         grad_norm = self._clip_gradients()
-                    self.optimizer.step()
+                        step_allowed = self.guard.allow_step(self.state.global_step + 1, grad_norm)
+                    if step_allowed:
+                        self.optimizer.step()
                     self.optimizer.zero_grad()
 
                 self.state.batches_in_epoch += 1
                 self.state.pairs_seen += batch["pair_index"].shape[0] * self.accelerator.num_processes
                 tokens = batch["attention_mask"].sum().reshape(1)
-                window.append(PairStats.from_batch(logps, output, tokens.expand(output.losses.shape[0]) / output.losses.shape[0], sft if self.config.objective.sft_weight else None))
+                if finite:
+                    window.append(PairStats.from_batch(logps, output, tokens.expand(output.losses.shape[0]) / output.losses.shape[0], sft if self.config.objective.sft_weight else None))
                 if not self.accelerator.sync_gradients:
                     continue
 
-                self.scheduler.step()
+                if step_allowed and not self.optimizer.step_was_skipped:
+                    self.scheduler.step()
                 self.state.global_step += 1
                 progress.update(1)
 
-                if self.state.global_step % training.logging_steps == 0 or self.state.global_step == self.total_steps:
+                if window and (self.state.global_step % training.logging_steps == 0 or self.state.global_step == self.total_steps):
                     record = self._step_record(window, grad_norm, time.perf_counter() - window_started, hyperparameters)
                     progress.set_postfix(loss=f"{record['loss']:.4f}", active=f"{record['active_fraction']:.2f}")
                     self._write_metrics(record)
                     window, window_started = [], time.perf_counter()
 
+                evaluated = None
                 if self.eval_loader is not None and training.eval_steps and self.state.global_step % training.eval_steps == 0 and self.state.global_step < self.total_steps:
-                    self._write_metrics({"step": self.state.global_step, **self._evaluate(f"step {self.state.global_step}").as_metrics()})
+                    evaluated = self._evaluate(f"step {self.state.global_step}")
+                    self._write_metrics({"step": self.state.global_step, **evaluated.as_metrics()})
+
+                if self.snapshots is not None and self.snapshots.is_due(self.state.global_step) and self.state.global_step < self.total_steps:
+                    self.snapshots.record(self.state.global_step, evaluated)
 
                 if training.save_steps and self.state.global_step % training.save_steps == 0:
                     self._save_checkpoint()
@@ -297,6 +343,8 @@ class Trainer:
 
         progress.close()
         after = self._evaluate("after training")
+        if self.snapshots is not None:
+            self.snapshots.record(self.state.global_step, after)
         if after is not None:
             self._write_metrics({"step": self.state.global_step, **after.as_metrics()})
         return self._finish(before, after, time.perf_counter() - started)
@@ -308,13 +356,21 @@ class Trainer:
             return EvalResult(**load_file(path))
         result = self._evaluate("before training")
         if result is not None and self.accelerator.is_main_process:
-            save_file({name: getattr(result, name).contiguous() for name in ("pair_index", "margins", "summed_margins")}, path)
+            tensors = {name: getattr(result, name).contiguous() for name in ("pair_index", "margins", "summed_margins")}
+            replace_atomically(path, lambda temporary: save_file(tensors, temporary))
         return result
+
+    def _current_objective(self, logps: PairLogps) -> ObjectiveOutput:
+        """The objective with the hyperparameters in force now, for per-pair gradient weights."""
+        return compute_objective(self.config.objective, logps, **self._scheduled_hyperparameters())
 
     def _scheduled_hyperparameters(self) -> dict[str, float]:
         """gamma in force at the step being taken, when a gamma_schedule is set; otherwise nothing."""
         gamma = gamma_for_step(self.config.objective, self.state.global_step, self.total_steps)
         return {} if gamma is None else {"gamma": gamma}
+
+    def _pair_ids(self, batch: dict[str, Any], positions: list[int]) -> list[str]:
+        return [self.train_rows[int(batch["pair_index"][position])]["pair_id"] for position in positions]
 
     def _clip_gradients(self) -> float:
         max_norm = self.config.training.max_grad_norm or float("inf")
@@ -340,14 +396,13 @@ class Trainer:
     def _evaluate(self, when: str) -> EvalResult | None:
         if self.eval_loader is None:
             return None
-        result = evaluate_pairs(self.model, self.eval_loader, self.accelerator)
+        result = evaluate_pairs(self.model, self.eval_loader, self.accelerator, self._current_objective)
         logger.info("held-out %s: accuracy %.4f, margin %.4f (%d pairs)", when, result.accuracy, result.mean_margin, result.margins.shape[0])
         return result
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
-            with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+            append_line(self.output_dir / "metrics.jsonl", json.dumps(record))
 
     def _save_checkpoint(self) -> None:
         self.accelerator.wait_for_everyone()
@@ -404,8 +459,18 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric records after `step`, written by the interrupted run past its last checkpoint."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    kept = [record for record in read_json_lines(path) if record["step"] <= step]
+    text = "".join(json.dumps(record) + "\n" for record in kept)
+    replace_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def mixed_precision(training: Any) -> str:
+    """Return accelerate's mixed_precision value for the bf16 and fp16 options."""
+    if training.bf16:
+        return "bf16"
+    if training.fp16:
+        return "fp16"
+    return "no"
 
 
 def train(config: TrainConfig) -> dict[str, Any]:

@@ -24,7 +24,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                 nargs="?" if is_bool else None,
                 const="true" if is_bool else None,
                 default=argparse.SUPPRESS,
-                help=field.metadata["help"],
+                # argparse formats help with %, so a literal percent sign must be doubled.
+                help=field.metadata["help"].replace("%", "%%"),
             )
 
 
