@@ -13,20 +13,24 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     for section in ("model", "data", "objective", "training"):
         group = parser.add_argument_group(f"{section} options")
         for name, (field_section, field) in field_index().items():
-            if field_section != section:
-                continue
-            is_bool = field.type in (bool, "bool")
-            group.add_argument(
-                f"--{name.replace('_', '-')}",
-                f"--{name}",
-                dest=name,
-                metavar="BOOL" if is_bool else "VALUE",
-                nargs="?" if is_bool else None,
-                const="true" if is_bool else None,
-                default=argparse.SUPPRESS,
-                # argparse formats help with %, so a literal percent sign must be doubled.
-                help=field.metadata["help"].replace("%", "%%"),
-            )
+            if field_section == section:
+                add_option(group, name, field)
+
+
+def add_option(group, name: str, field) -> None:
+    """Add the flag --name-with-dashes (and --name_with_underscores) for one configuration option."""
+    is_bool = field.type in (bool, "bool")
+    group.add_argument(
+        f"--{name.replace('_', '-')}",
+        f"--{name}",
+        dest=name,
+        metavar="BOOL" if is_bool else "VALUE",
+        nargs="?" if is_bool else None,
+        const="true" if is_bool else None,
+        default=argparse.SUPPRESS,
+        # argparse formats help with %, so a literal percent sign must be doubled.
+        help=field.metadata["help"].replace("%", "%%"),
+    )
 
 
 def config_from_arguments(arguments: argparse.Namespace, ignored: tuple[str, ...] = ()):

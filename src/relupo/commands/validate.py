@@ -20,6 +20,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from relupo.commands.train import add_option
 from relupo.config import BUNDLED_MODEL, DataConfig, field_index
 from relupo.data.formats import Columns, PreferencePair
 from relupo.data.loading import REASON_INVALID, RowIssue, SourceReport, collect_pairs, open_input
@@ -112,18 +113,7 @@ def add_parser(subparsers) -> None:
     index = field_index()
     group = parser.add_argument_group("data options (as for relupo train)")
     for name in DATA_OPTIONS:
-        option = index[name][1]
-        is_bool = option.type in (bool, "bool")
-        group.add_argument(
-            f"--{name.replace('_', '-')}",
-            f"--{name}",
-            dest=name,
-            metavar="BOOL" if is_bool else "VALUE",
-            nargs="?" if is_bool else None,
-            const="true" if is_bool else None,
-            default=argparse.SUPPRESS,
-            help=option.metadata["help"],
-        )
+        add_option(group, name, index[name][1])
 
 
 def run(arguments: argparse.Namespace) -> int:
