@@ -50,7 +50,8 @@ def test_bad_row_stops_before_training(capsys, tmp_path, rows, expected):
 def test_missing_file(capsys, tmp_path):
     status, err, _ = run_train(capsys, tmp_path, "--train-data", str(tmp_path / "nope.jsonl"))
     assert status == 2
-    assert "nope.jsonl" in err and "not found" in err
+    assert "nope.jsonl" in err
+    assert "not found" in err
     assert len(err.strip().splitlines()) == 1
 
 
@@ -60,7 +61,8 @@ def test_unknown_format(capsys, tmp_path):
     status, err, _ = run_train(capsys, tmp_path, "--train-data", str(path))
     assert status == 2
     assert len(err.strip().splitlines()) == 1
-    assert "pairs.xml" in err and ".jsonl" in err
+    assert "pairs.xml" in err
+    assert ".jsonl" in err
 
 
 def test_skip_bad_rows_counts_and_reports(capsys, tmp_path, caplog):
@@ -73,7 +75,8 @@ def test_skip_bad_rows_counts_and_reports(capsys, tmp_path, caplog):
     assert summary["train_pairs"] + summary["eval_pairs"] == 20
     log = caplog.text
     assert "20 of 22 rows kept; dropped: 2 invalid row (skip_bad_rows)" in log
-    assert "skipped invalid row: " in log and "pairs.jsonl, line 21: invalid JSON" in log
+    assert "skipped invalid row: " in log
+    assert "pairs.jsonl, line 21: invalid JSON" in log
     assert 'pairs.jsonl, line 22: field "chosen" is empty' in log
 
 

@@ -63,8 +63,13 @@ def test_pack_pairs_layout():
     assert packed.position_ids[0, :8].tolist() == [0, 1, 2, 3, 4, 5, 3, 4]
     assert packed.segments[0].tolist() == [PROMPT] * 3 + [CHOSEN] * 3 + [REJECTED] * 2 + [PADDING] * 5
     mask = packed.attention_mask()[0, 0]
-    assert mask[6, :3].all() and not mask[6, 3:6].any() and mask[6, 6]  # first rejected token
-    assert mask[5, :6].all() and not mask[5, 6:].any()  # last chosen token
+    # The first rejected token sees the prompt and itself, never the chosen response.
+    assert mask[6, :3].all()
+    assert not mask[6, 3:6].any()
+    assert mask[6, 6]
+    # The last chosen token sees the prompt and the chosen response, nothing after.
+    assert mask[5, :6].all()
+    assert not mask[5, 6:].any()
     assert mask[10].tolist() == [False] * 10 + [True] + [False] * 2  # padding attends to itself
 
 
@@ -141,7 +146,8 @@ def test_skipping_step_without_active_pair(bundled_model_dir):
     # momentum must still move the parameters on that step, as it does without skipping.
     pairs = PAIRS[:4] + [{**row, "rejected_ids": row["chosen_ids"]} for row in PAIRS[4:]]
     expected, shares, _ = train_parameters(bundled_model_dir, "off", False, "repo", 0.0, pairs=pairs)
-    assert shares[1] == 0.0 and shares[0] > 0.0, shares
+    assert shares[1] == 0.0, shares
+    assert shares[0] > 0.0, shares
     actual, _, _ = train_parameters(bundled_model_dir, "on", False, "repo", 0.0, pairs=pairs)
     for name, parameter in actual.items():
         assert torch.allclose(parameter, expected[name], atol=1e-7, rtol=1e-6), name

@@ -140,7 +140,8 @@ def test_metrics_have_every_documented_name(tmp_path, small_data):
         assert name in step, name
     assert step["gamma"] == 0.5
     assert 0.0 <= step["active_fraction"] <= 1.0
-    assert records[-1]["step"] == 2 and "eval/accuracy" in records[-1]
+    assert records[-1]["step"] == 2
+    assert "eval/accuracy" in records[-1]
 
 
 def test_existing_run_is_not_overwritten(tmp_path, small_data):

@@ -41,7 +41,7 @@ INCOMPLETE_PREFIXES = (".tmp-step-", ".deleting-step-")
 
 @dataclass
 class TrainerState:
-    """Where training stands: enough to rebuild the data order and continue."""
+    """Training progress: enough to rebuild the data order and continue."""
 
     global_step: int = 0  # optimizer steps done
     epoch: int = 0  # epoch in progress

@@ -49,7 +49,7 @@ def evaluate_pairs(
 ) -> EvalResult:
     """Score every pair of a prepared dataloader; results are gathered across processes.
 
-    With `objective` (logps -> ObjectiveOutput), the result also holds each pair's gradient weight.
+    With `objective` (logps -> ObjectiveOutput), the result also contains each pair's gradient weight.
     """
     indices, margins, summed, weights = [], [], [], []
     for batch in dataloader:

@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 def model_identity(model_name_or_path: str) -> dict[str, object]:
     """Describe the model files cheaply: names, sizes and modification times of a local directory.
 
-    NOTE: a hub id is identified by its name only, so a hub model updated in place under the same
-    name would reuse stale reference log-probs; pin a revision by downloading it to a directory.
+    NOTE: a hub id is identified by its name only. A hub model updated in place under the same
+    name would reuse stale reference log-probs, so pin a revision by downloading it to a directory.
     """
     path = Path(model_name_or_path)
     if not path.is_dir():

@@ -176,11 +176,13 @@ class Trainer:
             )
         if training.resume and holds_run:
             self._check_resume_config()
+
         # Every process must look at output_dir before the main process writes config.yaml into it,
         # or a slower process finds that file and stops with "already holds a run".
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return
+
         if training.overwrite_output_dir:
             for name in RUN_OUTPUTS:
                 path = self.output_dir / name
@@ -192,6 +194,7 @@ class Trainer:
             probe.unlink()
         except OSError as error:
             raise RelupoError(f"{self.output_dir}: output_dir is not writable ({error.strerror}); choose another --output-dir.") from None
+
         if training.resume:
             for path in checkpoint.remove_incomplete_checkpoints(self.output_dir):
                 logger.warning("removed %s, an incomplete checkpoint left by a killed run", path)
@@ -202,7 +205,7 @@ class Trainer:
         """Fail at start when output_dir cannot hold the checkpoints and the final model."""
         parameters = list(self.model.parameters())
         model_bytes = sum(p.numel() * p.element_size() for p in parameters)
-        # A checkpoint holds the trainable weights and AdamW's two moments; while one is written,
+        # A checkpoint contains the trainable weights and AdamW's two moments. While one is written,
         # save_total_limit older ones still exist.
         # NOTE: an estimate; it leaves out tokenizer files, metrics and file-format overhead.
         checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in parameters if p.requires_grad)
@@ -361,7 +364,7 @@ class Trainer:
         return result
 
     def _current_objective(self, logps: PairLogps) -> ObjectiveOutput:
-        """The objective with the hyperparameters in force now, for per-pair gradient weights."""
+        """Run the objective with the hyperparameters in force now, for per-pair gradient weights."""
         return compute_objective(self.config.objective, logps, **self._scheduled_hyperparameters())
 
     def _scheduled_hyperparameters(self) -> dict[str, float]:

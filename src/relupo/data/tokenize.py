@@ -171,7 +171,7 @@ def _render_with_template(pair: PreferencePair, tokenizer: Any) -> tuple[str, st
 def _encode(texts: list[str], tokenizer: Any) -> list[list[int]]:
     # Special tokens are handled by _with_bos and _split_at_prompt, so the encoder adds none.
     # Sequences longer than model_max_length are expected here because truncation comes later and
-    # is explicit; this flag is how transformers marks its warning about them as already shown.
+    # is explicit. Setting this flag is how transformers marks its warning about them as shown.
     if hasattr(tokenizer, "deprecation_warnings"):
         tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
     ids: list[list[int]] = []
