@@ -1,17 +1,26 @@
 """Shared-prompt packing: score chosen and rejected of a pair in one sequence that contains the prompt once.
 
 A collated batch has 2B rows, prompt + chosen and prompt + rejected, so every prompt token is
-computed twice. Packing puts each pair in one row,
+computed twice. Packing lays each pair out once,
 
     [prompt][chosen][rejected]        position ids 0..P-1, P..P+C-1, P..P+R-1
 
-with a 4D attention mask under which each response sees the prompt and its own earlier tokens but
-never the other response. Every response token then sees exactly the context and positions it has
-in its own separate sequence, so the log-probs are those of the unpacked forward passes, up to
-floating-point summation order. Both first response tokens are scored by the logits at the last
-prompt position.
+and places several such pairs side by side in one row where they fit, so that short pairs fill
+the space a long pair would otherwise leave as padding:
 
-The 4D mask has shape (B, 1, L, L). transformers (checked on 5.25) passes a 4D mask to the
+    row 0: [pair 3 .................][pair 0 ......]
+    row 1: [pair 1 ..........][pair 2 .........]
+
+A 4D attention mask lets each response see its own pair's prompt and its own earlier tokens,
+never the other response and never another pair. Every response token then sees exactly the
+context and positions it has in its own separate sequence, so the log-probs are those of the
+unpacked forward passes, up to floating-point summation order. Both first response tokens are
+scored by the logits at their pair's last prompt position.
+
+Rows are filled first-fit decreasing up to the length of the longest pair, so a row is never
+longer than the longest pair alone; attention cost per row does not grow with the packing.
+
+The 4D mask has shape (rows, 1, L, L). transformers (checked on 5.25) passes a 4D mask to the
 attention implementation unchanged, so its type must suit that implementation: sdpa takes a
 boolean mask (True where a query may attend to a key), eager attention adds the mask to the
 scores, so it gets 0 and the dtype's minimum. FlashAttention ignores such masks.
@@ -39,25 +48,27 @@ MASK_AWARE_ATTENTION = ("sdpa", "eager")
 
 @dataclass(frozen=True)
 class PackedPairs:
-    """B pairs, one row each: ids, position ids, segment of every position, and which logits score what."""
+    """B pairs laid out in R <= B rows: ids, position ids, segment and pair of every position."""
 
-    input_ids: Tensor  # (B, L)
-    position_ids: Tensor  # (B, L)
-    segments: Tensor  # (B, L): PROMPT, CHOSEN, REJECTED or PADDING
+    input_ids: Tensor  # (R, L)
+    position_ids: Tensor  # (R, L)
+    segments: Tensor  # (R, L): PROMPT, CHOSEN, REJECTED or PADDING
+    owners: Tensor  # (R, L): index of the pair a position belongs to, -1 for padding
+    last_prompt: Tensor  # (B, 2): (row, position) of each pair's last prompt token
     chosen_lengths: Tensor  # (B,) response token counts, float32
     rejected_lengths: Tensor
 
     def attention_mask(self, additive_dtype: torch.dtype | None = None) -> Tensor:
-        """Return the (B, 1, L, L) mask: causal, within the prompt or the query's own response.
+        """Return the (R, 1, L, L) mask: causal, within one pair, within its prompt or the query's own response.
 
         Boolean (True = visible) by default; with `additive_dtype`, 0 where visible and that
         dtype's minimum elsewhere, the form eager attention adds to its scores.
         """
         length = self.segments.shape[1]
-        queries = self.segments[:, :, None]
-        keys = self.segments[:, None, :]
+        queries, keys = self.segments[:, :, None], self.segments[:, None, :]
+        same_pair = self.owners[:, :, None] == self.owners[:, None, :]
         causal = torch.ones(length, length, dtype=torch.bool, device=self.segments.device).tril()
-        visible = causal & (queries != PADDING) & (keys != PADDING) & ((keys == PROMPT) | (keys == queries))
+        visible = causal & same_pair & (queries != PADDING) & (keys != PADDING) & ((keys == PROMPT) | (keys == queries))
         # A padding query attends to itself only: a row with no visible key would make softmax NaN,
         # and NaN times a zero gradient is still NaN in the backward pass.
         visible |= torch.eye(length, dtype=torch.bool, device=self.segments.device)
@@ -67,74 +78,106 @@ class PackedPairs:
         return additive.masked_fill(~visible, torch.finfo(additive_dtype).min)[:, None]
 
 
+def plan_rows(lengths: list[int]) -> list[list[int]]:
+    """Assign pairs (by packed length) to rows, first-fit decreasing, each row at most the longest length.
+
+    Deterministic: ties keep the pairs' order.
+    """
+    capacity = max(lengths)
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, space in enumerate(free) if space >= lengths[index]), None)
+        if row is None:
+            rows.append([])
+            free.append(capacity)
+            row = len(rows) - 1
+        rows[row].append(index)
+        free[row] -= lengths[index]
+    return rows
+
+
 def pack_pairs(batch: dict[str, Tensor]) -> PackedPairs:
-    """Repack a collated batch (rows 0..B-1 prompt + chosen, B..2B-1 prompt + rejected) into B rows."""
+    """Repack a collated batch (rows 0..B-1 prompt + chosen, B..2B-1 prompt + rejected) into at most B rows."""
     input_ids, response_mask = batch["input_ids"], batch["response_mask"]
+    device = input_ids.device
     pairs = input_ids.shape[0] // 2
     prompt_lengths = response_mask[:pairs].long().argmax(dim=1).tolist()
     chosen_lengths = response_mask[:pairs].sum(dim=1).tolist()
     rejected_lengths = response_mask[pairs:].sum(dim=1).tolist()
-    width = max(p + c + r for p, c, r in zip(prompt_lengths, chosen_lengths, rejected_lengths))
+    totals = [p + c + r for p, c, r in zip(prompt_lengths, chosen_lengths, rejected_lengths)]
+    rows = plan_rows(totals)
+    width = max(totals)
 
-    packed_ids = torch.zeros((pairs, width), dtype=input_ids.dtype, device=input_ids.device)
-    positions = torch.zeros((pairs, width), dtype=torch.long, device=input_ids.device)
-    segments = torch.full((pairs, width), PADDING, dtype=torch.long, device=input_ids.device)
-    for i, (p, c, r) in enumerate(zip(prompt_lengths, chosen_lengths, rejected_lengths)):
-        packed_ids[i, : p + c] = input_ids[i, : p + c]
-        packed_ids[i, p + c : p + c + r] = input_ids[pairs + i, p : p + r]
-        positions[i, : p + c] = torch.arange(p + c)
-        positions[i, p + c : p + c + r] = torch.arange(p, p + r)
-        segments[i, :p] = PROMPT
-        segments[i, p : p + c] = CHOSEN
-        segments[i, p + c : p + c + r] = REJECTED
+    packed_ids = torch.zeros((len(rows), width), dtype=input_ids.dtype, device=device)
+    positions = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    segments = torch.full((len(rows), width), PADDING, dtype=torch.long, device=device)
+    owners = torch.full((len(rows), width), -1, dtype=torch.long, device=device)
+    last_prompt = torch.zeros((pairs, 2), dtype=torch.long, device=device)
+    for row, members in enumerate(rows):
+        start = 0
+        for i in members:
+            p, c, r = prompt_lengths[i], chosen_lengths[i], rejected_lengths[i]
+            packed_ids[row, start : start + p + c] = input_ids[i, : p + c]
+            packed_ids[row, start + p + c : start + p + c + r] = input_ids[pairs + i, p : p + r]
+            positions[row, start : start + p + c] = torch.arange(p + c)
+            positions[row, start + p + c : start + p + c + r] = torch.arange(p, p + r)
+            segments[row, start : start + p] = PROMPT
+            segments[row, start + p : start + p + c] = CHOSEN
+            segments[row, start + p + c : start + p + c + r] = REJECTED
+            owners[row, start : start + p + c + r] = i
+            last_prompt[i] = torch.tensor([row, start + p - 1])
+            start += p + c + r
     return PackedPairs(
         input_ids=packed_ids,
         position_ids=positions,
         segments=segments,
-        chosen_lengths=torch.tensor(chosen_lengths, dtype=torch.float32, device=input_ids.device),
-        rejected_lengths=torch.tensor(rejected_lengths, dtype=torch.float32, device=input_ids.device),
+        owners=owners,
+        last_prompt=last_prompt,
+        chosen_lengths=torch.tensor(chosen_lengths, dtype=torch.float32, device=device),
+        rejected_lengths=torch.tensor(rejected_lengths, dtype=torch.float32, device=device),
     )
 
 
 def _scoring_positions(packed: PackedPairs) -> tuple[Tensor, Tensor, Tensor]:
-    """Return, for every position holding a response token, the position whose logits score it.
+    """Return (row, scoring position, label position) for every response token, flattened over rows.
 
-    Each response token is scored by the position before it, except the first rejected token,
-    which follows the prompt, not the chosen response: its scoring position is the last prompt
-    position. Returns (scoring position, label position), flattened over rows, for all response
-    tokens.
+    Each response token is scored by the logits of the position before it, except the first
+    rejected token, which follows its prompt, not the chosen response: its scoring position is its
+    pair's last prompt position.
     """
     response = (packed.segments == CHOSEN) | (packed.segments == REJECTED)
     rows, label_positions = response.nonzero(as_tuple=True)
     scoring = label_positions - 1
     first_rejected = (packed.segments[rows, label_positions] == REJECTED) & (packed.segments[rows, scoring] == CHOSEN)
-    prompt_lengths = (packed.segments == PROMPT).sum(dim=1)
-    scoring = torch.where(first_rejected, prompt_lengths[rows] - 1, scoring)
+    owners = packed.owners[rows, label_positions]
+    scoring = torch.where(first_rejected, packed.last_prompt[owners, 1], scoring)
     return rows, scoring, label_positions
 
 
 def packed_pair_logps(model: torch.nn.Module, batch: dict[str, Tensor]) -> PairLogps:
-    """Score a collated batch with one packed sequence per pair; same result as `relupo.logps.pair_logps`."""
+    """Score a collated batch with packed rows that hold each prompt once; same result as `relupo.logps.pair_logps`."""
     packed = pack_pairs(batch)
     base = unwrap_model(model)
     eager = getattr(base.config, "_attn_implementation", None) == "eager"
     mask = packed.attention_mask(additive_dtype=base.dtype if eager else None)
-    first_scoring = int((packed.segments == PROMPT).sum(dim=1).min()) - 1
-    keep = packed.input_ids.shape[1] - first_scoring
+    rows, scoring, labels = _scoring_positions(packed)
+    # Logits only at the positions that score a response token in some row (1D logits_to_keep).
+    kept = torch.unique(scoring)
     logits = model(
         input_ids=packed.input_ids,
         attention_mask=mask,
         position_ids=packed.position_ids,
         use_cache=False,
-        logits_to_keep=keep,
+        logits_to_keep=kept,
     ).logits
 
-    rows, scoring, labels = _scoring_positions(packed)
-    picked = token_logps(logits[rows, scoring - first_scoring], packed.input_ids[rows, labels])
+    picked = token_logps(logits[rows, torch.searchsorted(kept, scoring)], packed.input_ids[rows, labels])
+    owners = packed.owners[rows, labels]
     is_chosen = packed.segments[rows, labels] == CHOSEN
-    pairs = packed.input_ids.shape[0]
-    chosen = torch.zeros(pairs, dtype=torch.float32, device=picked.device).index_add(0, rows[is_chosen], picked[is_chosen])
-    rejected = torch.zeros(pairs, dtype=torch.float32, device=picked.device).index_add(0, rows[~is_chosen], picked[~is_chosen])
+    pairs = packed.last_prompt.shape[0]
+    chosen = torch.zeros(pairs, dtype=torch.float32, device=picked.device).index_add(0, owners[is_chosen], picked[is_chosen])
+    rejected = torch.zeros(pairs, dtype=torch.float32, device=picked.device).index_add(0, owners[~is_chosen], picked[~is_chosen])
     return PairLogps(
         chosen_logps=chosen,
         rejected_logps=rejected,
