@@ -9,8 +9,8 @@ from relupo.checkpoint import TrainerState
 from relupo.config import load_config
 from relupo.data.batching import PairCollator
 from relupo.logps import pair_logps
-from relupo.packing import CHOSEN, PADDING, PROMPT, REJECTED, pack_pairs, packed_pair_logps, supports_shared_prompt
-from relupo.step import PairStep, can_skip, select_pairs
+from relupo.packing import CHOSEN, PROMPT, REJECTED, pack_pairs, packed_pair_logps, plan_rows, supports_shared_prompt
+from relupo.step import TWO_PASS_SKIP_BELOW, PairStep, can_skip, select_pairs
 from test_logps import ROWS, direct_response_logp
 
 # Eight pairs of different prompt and response lengths, from token ids of the bundled vocabulary.
@@ -30,11 +30,15 @@ def model(bundled_model_dir):
     return AutoModelForCausalLM.from_pretrained(bundled_model_dir).eval()
 
 
+# Two pairs of 13 and 8 tokens when packed, and one of 5 that fits beside the 8-token pair.
+SHARING_ROWS = ROWS[:2] + [{"prompt_ids": [1, 403], "chosen_ids": [2], "rejected_ids": [300, 2], "index": 2}]
+
+
 def test_packed_logps_match_direct_computation(model):
-    batch = PairCollator(pad_token_id=0)(ROWS)
+    batch = PairCollator(pad_token_id=0)(SHARING_ROWS)
     with torch.no_grad():
         logps = packed_pair_logps(model, batch)
-    for i, row in enumerate(ROWS):
+    for i, row in enumerate(SHARING_ROWS):
         assert logps.chosen_logps[i].item() == pytest.approx(direct_response_logp(model, row["prompt_ids"], row["chosen_ids"]), abs=1e-4)
         assert logps.rejected_logps[i].item() == pytest.approx(direct_response_logp(model, row["prompt_ids"], row["rejected_ids"]), abs=1e-4)
         assert logps.chosen_lengths[i].item() == len(row["chosen_ids"])
@@ -45,6 +49,8 @@ def test_packed_logps_match_direct_computation(model):
 def test_packed_gradients_match_separate(bundled_model_dir, implementation):
     model = AutoModelForCausalLM.from_pretrained(bundled_model_dir, attn_implementation=implementation)
     batch = PairCollator(pad_token_id=0)(PAIRS)
+    # The eight pairs fill seven rows, one of them with two pairs.
+    assert pack_pairs(batch).input_ids.shape[0] == 7
     gradients = []
     for score in (pair_logps, packed_pair_logps):
         model.zero_grad()
@@ -55,22 +61,34 @@ def test_packed_gradients_match_separate(bundled_model_dir, implementation):
     assert torch.allclose(gradients[0], gradients[1], atol=1e-5 * gradients[0].abs().max().item(), rtol=0)
 
 
+def test_plan_rows_first_fit_decreasing():
+    assert plan_rows([8, 13, 5]) == [[1], [0, 2]]
+    assert plan_rows([4, 4, 4, 4]) == [[0], [1], [2], [3]]
+    assert plan_rows([10, 3, 3, 4, 6]) == [[0], [4, 3], [1, 2]]
+
+
 def test_pack_pairs_layout():
-    packed = pack_pairs(PairCollator(pad_token_id=0)(ROWS[:2]))
-    # Pair 0: prompt [1, 403, 407], chosen [261, 378, 2], rejected [300, 2]; width 13 from pair 1.
+    packed = pack_pairs(PairCollator(pad_token_id=0)(SHARING_ROWS))
+    # Row 0 holds pair 1 (13 tokens); row 1 holds pair 0 (prompt [1, 403, 407], chosen [261, 378, 2],
+    # rejected [300, 2]) followed by pair 2 (prompt [1, 403], chosen [2], rejected [300, 2]).
     assert packed.input_ids.shape == (2, 13)
-    assert packed.input_ids[0, :8].tolist() == [1, 403, 407, 261, 378, 2, 300, 2]
-    assert packed.position_ids[0, :8].tolist() == [0, 1, 2, 3, 4, 5, 3, 4]
-    assert packed.segments[0].tolist() == [PROMPT] * 3 + [CHOSEN] * 3 + [REJECTED] * 2 + [PADDING] * 5
-    mask = packed.attention_mask()[0, 0]
-    # The first rejected token sees the prompt and itself, never the chosen response.
+    assert packed.input_ids[1].tolist() == [1, 403, 407, 261, 378, 2, 300, 2, 1, 403, 2, 300, 2]
+    assert packed.position_ids[1].tolist() == [0, 1, 2, 3, 4, 5, 3, 4, 0, 1, 2, 2, 3]
+    assert packed.segments[1].tolist() == [PROMPT] * 3 + [CHOSEN] * 3 + [REJECTED] * 2 + [PROMPT] * 2 + [CHOSEN] + [REJECTED] * 2
+    assert packed.owners[1].tolist() == [0] * 8 + [2] * 5
+    assert packed.last_prompt.tolist() == [[1, 2], [0, 5], [1, 9]]
+    mask = packed.attention_mask()[1, 0]
+    # The first rejected token sees its prompt and itself, never the chosen response.
     assert mask[6, :3].all()
     assert not mask[6, 3:6].any()
     assert mask[6, 6]
     # The last chosen token sees the prompt and the chosen response, nothing after.
     assert mask[5, :6].all()
     assert not mask[5, 6:].any()
-    assert mask[10].tolist() == [False] * 10 + [True] + [False] * 2  # padding attends to itself
+    # Pair 2 sees only pair 2: its first rejected token sees its prompt and itself.
+    assert mask[11].tolist() == [False] * 8 + [True, True, False, True, False]
+    padding = pack_pairs(PairCollator(pad_token_id=0)(ROWS[:2])).attention_mask()[1, 0]
+    assert padding[10].tolist() == [False] * 10 + [True] + [False] * 2  # padding attends to itself
 
 
 def test_shared_prompt_check_rejects_ignored_mask(model, monkeypatch):
@@ -99,7 +117,7 @@ def test_can_skip_only_when_inactive_pairs_have_no_gradient():
     assert not can_skip("simpo", {"beta": 2.0, "gamma": 0.5}, sft_weight=0.0)
 
 
-def train_parameters(bundled_model_dir, skip: str, share_prompt: bool, loss_type: str, gamma: float, steps: int = 4, pairs=PAIRS):
+def train_parameters(bundled_model_dir, skip: str, share_prompt: bool, loss_type: str, gamma: float, steps: int = 4, pairs=PAIRS, per_pair: bool = True):
     """Run `steps` optimizer steps of PairStep on fixed batches; return the parameters and the active shares seen.
 
     SGD with momentum: its update is linear in the gradient, so float32 rounding in the gradient
@@ -114,12 +132,11 @@ def train_parameters(bundled_model_dir, skip: str, share_prompt: bool, loss_type
     config = load_config(None, {"loss_type": loss_type, "gamma": gamma, "skip_inactive_pairs": skip, "share_prompt": share_prompt})
     state = TrainerState()
     step = PairStep(accelerator, model, config, lambda: state)
+    step.per_pair = per_pair
     batches = [PairCollator(pad_token_id=0)(pairs[:4]), PairCollator(pad_token_id=0)(pairs[4:])]
     shares, skipped = [], []
     for index in range(steps):
-        result = step.forward(batches[index % 2], {})
-        if result.loss is not None:
-            accelerator.backward(result.loss)
+        result = step.run(batches[index % 2], {})
         step.fill_missing_gradients()
         optimizer.step()
         optimizer.zero_grad()
@@ -128,35 +145,43 @@ def train_parameters(bundled_model_dir, skip: str, share_prompt: bool, loss_type
     return {name: p.detach().clone() for name, p in model.named_parameters()}, shares, skipped
 
 
+@pytest.mark.parametrize("per_pair", [True, False], ids=["per-pair", "two-pass"])
 @pytest.mark.parametrize("share_prompt", [False, True])
-def test_skipping_leaves_update_unchanged(bundled_model_dir, share_prompt):
+def test_skipping_leaves_update_unchanged(bundled_model_dir, share_prompt, per_pair):
     # gamma 0.3 leaves some pairs of every batch inactive on the bundled model.
     expected, shares, skipped = train_parameters(bundled_model_dir, "off", share_prompt, "repo", 0.3)
     assert not any(skipped)
     assert any(0 < share < 1 for share in shares), shares
-    actual, skipping_shares, skipped = train_parameters(bundled_model_dir, "on", share_prompt, "repo", 0.3)
+    actual, skipping_shares, skipped = train_parameters(bundled_model_dir, "on", share_prompt, "repo", 0.3, per_pair=per_pair)
     assert all(skipped)
     assert skipping_shares == pytest.approx(shares, abs=1e-6)
     for name, parameter in actual.items():
         assert torch.allclose(parameter, expected[name], atol=1e-7, rtol=1e-6), name
 
 
-def test_skipping_step_without_active_pair(bundled_model_dir):
+@pytest.mark.parametrize("per_pair", [True, False], ids=["per-pair", "two-pass"])
+def test_skipping_step_without_active_pair(bundled_model_dir, per_pair):
     # In the second batch chosen equals rejected, so M = 0 and no pair is active at gamma 0;
     # momentum must still move the parameters on that step, as it does without skipping.
     pairs = PAIRS[:4] + [{**row, "rejected_ids": row["chosen_ids"]} for row in PAIRS[4:]]
     expected, shares, _ = train_parameters(bundled_model_dir, "off", False, "repo", 0.0, pairs=pairs)
     assert shares[1] == 0.0, shares
     assert shares[0] > 0.0, shares
-    actual, _, _ = train_parameters(bundled_model_dir, "on", False, "repo", 0.0, pairs=pairs)
+    actual, _, _ = train_parameters(bundled_model_dir, "on", False, "repo", 0.0, pairs=pairs, per_pair=per_pair)
     for name, parameter in actual.items():
         assert torch.allclose(parameter, expected[name], atol=1e-7, rtol=1e-6), name
 
 
-def test_auto_skips_only_at_low_active_share(bundled_model_dir):
-    _, shares, skipped = train_parameters(bundled_model_dir, "auto", False, "repo", 0.3, steps=6)
+def test_auto_two_pass_skips_at_low_active_share(bundled_model_dir):
+    _, shares, skipped = train_parameters(bundled_model_dir, "auto", False, "repo", 0.3, steps=6, per_pair=False)
     assert not skipped[0]  # the estimate starts at 1.0
+    assert any(skipped)
     estimate = 1.0
     for share, was_skipped in zip(shares, skipped):
-        assert was_skipped == (estimate < 0.5)
+        assert was_skipped == (estimate < TWO_PASS_SKIP_BELOW)
         estimate = 0.5 * share + 0.5 * estimate
+
+
+def test_auto_per_pair_always_skips(bundled_model_dir):
+    _, _, skipped = train_parameters(bundled_model_dir, "auto", False, "repo", 0.3, steps=3, per_pair=True)
+    assert skipped == [True, True, True]

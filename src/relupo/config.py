@@ -253,17 +253,19 @@ class TrainingConfig:
     skip_inactive_pairs: str = _option(
         "auto",
         "Spend no backward computation on pairs whose gradient is exactly zero (repo, repo++, dpo+repo, "
-        "dpo+repo++, and slic with nll_weight 0, all without sft_weight): a forward pass without "
-        "autograd finds the active pairs, then only those run forward and backward. The update is "
-        "unchanged: the batch mean still counts every pair. on: always; off: never; auto: while the "
-        "recent active share is low enough for the extra forward pass to pay.",
+        "dpo+repo++, and slic with nll_weight 0, all without sft_weight). On a CPU each pair runs "
+        "forward on its own and only active pairs run backward; on other devices a forward pass "
+        "without autograd finds the active pairs, then only those run forward and backward. The "
+        "update is unchanged: the batch mean still counts every pair. on: always; off: never; auto: "
+        "always on a CPU, elsewhere while the recent active share is below 0.67.",
         choices=("auto", "on", "off"),
     )
     share_prompt: bool = _option(
         True,
         "Compute the prompt once per pair: pack prompt, chosen and rejected into one sequence with a 4D "
-        "attention mask that keeps the two responses apart. Checked against separate sequences on the "
-        "first batch and turned off, with a warning, where the model does not honor the mask.",
+        "attention mask that keeps the two responses apart, and place short pairs side by side in one "
+        "row instead of padding. Checked against separate sequences on the first batch and turned "
+        "off, with a warning, where the model does not honor the mask.",
     )
 
 

@@ -1,26 +1,33 @@
 """Forward and backward of one micro-batch, spending backward computation only on pairs with gradient.
 
 Under RePO (and repo++, dpo+repo, dpo+repo++, and slic without its NLL term) a pair whose margin
-clears the threshold has a constant loss, so its gradient is exactly zero. Skipping runs the
-micro-batch in two passes:
+clears the threshold has a constant loss, so its gradient is exactly zero. Skipping has two forms:
 
-    1. a forward pass without autograd over all B pairs: margins, losses, metrics, active pairs;
-    2. forward and backward over the active pairs only, with loss = sum of their losses / B.
+    per pair   each pair runs forward with autograd on its own; a pair with zero gradient weight
+               drops its graph, an active pair runs backward at once with loss / B. Costs one
+               forward pass over all pairs plus a backward pass over the active ones.
+    two pass   1. a forward pass without autograd over all B pairs: margins, losses, active pairs;
+               2. forward and backward over the active pairs only, with loss = their sum / B.
+               Costs one forward pass over all pairs plus forward and backward over the active.
 
-The batch mean still counts every pair, so the gradient equals that of the full batch up to
-floating-point summation order. Pass 1 costs about one forward pass. A backward pass costs about
-two, so skipping pays when fewer than roughly two thirds of the pairs are active. `auto`
-runs pass 1 only while the recent active share is below `AUTO_SKIP_BELOW`, measured in
-docs/benchmarks.md.
+Both count every pair in the batch mean, so the gradient equals that of the full batch up to
+floating-point summation order. Per pair does less arithmetic; two pass keeps batched matrix
+products, which an accelerator needs to stay busy. On a CPU, one-pair forward and backward passes
+are as fast per token as batched ones, or faster (no padding), so the CPU uses per pair and other
+devices two pass; docs/benchmarks.md has the measurements. `auto` always skips per pair, and
+skips two pass while the recent active share is below `TWO_PASS_SKIP_BELOW`.
 
-Every process takes part in every forward and backward pass, as DDP's gradient all-reduce and
-FSDP's parameter gathering require: a process with no active pair runs pass 2 on one pair with
-its loss multiplied by 0, and the skip decision of `auto` is taken on the active share of all
-processes together.
+Every process takes part in every gradient all-reduce, as DDP and FSDP require. Per pair runs all
+pairs but the last under `no_sync` and always runs backward on the last pair, multiplied by 0 when
+it is inactive, so that one synchronizing backward pass happens on every process. Two pass lets a
+process with no active pair run pass 2 on one pair with its loss multiplied by 0. The skip
+decision of `auto` is taken on the active share of all processes together.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,10 +49,10 @@ logger = logging.getLogger(__name__)
 # gradient at all. slic qualifies only with nll_weight = 0: its NLL term has gradient on every pair.
 SKIPPABLE_OBJECTIVES = ("repo", "repo++", "dpo+repo", "dpo+repo++", "slic")
 
-# auto runs the gradient-free first pass while the estimated active share is below this value.
-# Break-even is 1 - (first pass cost) / (forward + backward cost), about 0.67 when a backward
-# costs two forward passes. The value sits below it because the extra passes add overhead.
-AUTO_SKIP_BELOW = 0.5
+# auto runs two pass while the estimated active share is below this value: its break-even is near
+# 1 - (forward cost) / (forward + backward cost), about 0.67. auto always runs per pair, which on
+# a CPU was faster than no skipping at every active share measured (0.44 to 0.79, docs/benchmarks.md).
+TWO_PASS_SKIP_BELOW = 0.67
 
 # Weight of the newest micro-batch in auto's running estimate of the active share.
 AUTO_ESTIMATE_WEIGHT = 0.5
@@ -58,13 +65,13 @@ PACKING_TOLERANCE = {"float32": 1e-4, "half": 5e-2}
 
 @dataclass(frozen=True)
 class MicroBatchResult:
-    """The loss to back-propagate, and the log-probs and objective outputs of every pair for metrics."""
+    """The back-propagated loss, and the log-probs and objective outputs of every pair for metrics."""
 
-    loss: Tensor | None  # None when skipping found nothing to back-propagate on a single process
+    loss: Tensor | None  # the back-propagated loss, detached; None when skipping back-propagated nothing
     logps: PairLogps
     output: ObjectiveOutput
     sft_losses: Tensor | None
-    skipped: bool  # True when the micro-batch ran the two-pass skipping path
+    skipped: bool  # True when the micro-batch ran a skipping path
 
 
 def can_skip(loss_type: str, hyperparameters: dict[str, float], sft_weight: float) -> bool:
@@ -88,6 +95,15 @@ def select_pairs(batch: dict[str, Tensor], indices: Tensor) -> dict[str, Tensor]
     return selected
 
 
+def concatenate(parts: list) -> object:
+    """Join per-chunk dataclasses of (B_i,) tensors (PairLogps, ObjectiveOutput) into one, detached."""
+    joined = {}
+    for field in dataclasses.fields(parts[0]):
+        values = [getattr(part, field.name) for part in parts]
+        joined[field.name] = None if values[0] is None else torch.cat([value.detach() for value in values])
+    return type(parts[0])(**joined)
+
+
 class PairStep:
     """Run forward and backward for one micro-batch as configured: skipping and shared-prompt packing."""
 
@@ -108,14 +124,15 @@ class PairStep:
             # forward passes of skipping have not been checked against it, so it is turned off.
             logger.warning("skip_inactive_pairs is turned off under DeepSpeed")
             self.skip_mode = "off"
+        # NOTE: per pair was measured faster on a CPU (docs/benchmarks.md). Two pass on GPUs is a
+        # choice from its cost model: no GPU measurement has compared the two.
+        self.per_pair = accelerator.device.type == "cpu"
         self.share_prompt = training.share_prompt
         self.packing_checked = False
         half = training.bf16 or training.fp16 or config.model.dtype != "float32"
         self.packing_tolerance = PACKING_TOLERANCE["half" if half else "float32"]
 
     def score(self, batch: dict[str, Tensor]) -> PairLogps:
-        if self.share_prompt and not self.packing_checked:
-            self._check_packing(batch)
         return packed_pair_logps(self.model, batch) if self.share_prompt else pair_logps(self.model, batch)
 
     def _check_packing(self, batch: dict[str, Tensor]) -> None:
@@ -127,16 +144,20 @@ class PairStep:
             logger.warning("share_prompt turned off: %s; chosen and rejected are scored as separate sequences", reason)
             self.share_prompt = False
 
-    def forward(self, batch: dict[str, Tensor], hyperparameters: dict[str, float]) -> MicroBatchResult:
-        """Compute the micro-batch's loss, with autograd only where the gradient can be nonzero."""
-        if self._should_skip():
-            return self._run_skipping(batch, hyperparameters)
-        return self._run_full(batch, hyperparameters)
+    def run(self, batch: dict[str, Tensor], hyperparameters: dict[str, float]) -> MicroBatchResult:
+        """Run forward and backward on a micro-batch, with autograd only where the gradient can be nonzero."""
+        if self.share_prompt and not self.packing_checked:
+            self._check_packing(batch)
+        if not self._should_skip():
+            return self._run_full(batch, hyperparameters)
+        if self.per_pair:
+            return self._run_per_pair(batch, hyperparameters)
+        return self._run_two_pass(batch, hyperparameters)
 
     def _should_skip(self) -> bool:
-        if self.skip_mode == "auto":
-            return self.trainer_state().active_fraction_estimate < AUTO_SKIP_BELOW
-        return self.skip_mode == "on"
+        if self.skip_mode == "auto" and not self.per_pair:
+            return self.trainer_state().active_fraction_estimate < TWO_PASS_SKIP_BELOW
+        return self.skip_mode != "off"
 
     def _run_full(self, batch: dict[str, Tensor], hyperparameters: dict[str, float]) -> MicroBatchResult:
         logps = self.score(batch)
@@ -145,10 +166,33 @@ class PairStep:
         sft = sft_loss(logps) if self.sft_weight else None
         if sft is not None:
             loss = loss + self.sft_weight * sft.mean()
+        self.accelerator.backward(loss)
         self._update_estimate(output.grad_weights)
-        return MicroBatchResult(loss=loss, logps=logps, output=output, sft_losses=sft, skipped=False)
+        return MicroBatchResult(loss=loss.detach(), logps=logps, output=output, sft_losses=sft, skipped=False)
 
-    def _run_skipping(self, batch: dict[str, Tensor], hyperparameters: dict[str, float]) -> MicroBatchResult:
+    def _run_per_pair(self, batch: dict[str, Tensor], hyperparameters: dict[str, float]) -> MicroBatchResult:
+        pairs = batch["pair_index"].shape[0]
+        distributed = self.accelerator.num_processes > 1
+        logps_parts, output_parts, losses = [], [], []
+        for index in range(pairs):
+            last = index == pairs - 1
+            synchronize = last or not distributed
+            with contextlib.nullcontext() if synchronize else self.accelerator.no_sync(self.model):
+                logps = self.score(select_pairs(batch, torch.tensor([index], device=batch["input_ids"].device)))
+                output = compute_objective(self.objective_config, logps, **hyperparameters)
+                active = bool(output.grad_weights[0] != 0)
+                if active or (last and distributed):
+                    loss = output.losses.sum() / pairs * (1.0 if active else 0.0)
+                    self.accelerator.backward(loss)
+                    losses.append(loss.detach())
+            logps_parts.append(logps)
+            output_parts.append(output)
+        output = concatenate(output_parts)
+        self._update_estimate(output.grad_weights)
+        loss = torch.stack(losses).sum() if losses else None
+        return MicroBatchResult(loss=loss, logps=concatenate(logps_parts), output=output, sft_losses=None, skipped=True)
+
+    def _run_two_pass(self, batch: dict[str, Tensor], hyperparameters: dict[str, float]) -> MicroBatchResult:
         with torch.no_grad():
             logps = self.score(batch)
             output = compute_objective(self.objective_config, logps, **hyperparameters)
@@ -165,6 +209,9 @@ class PairStep:
             subset_logps = self.score(select_pairs(batch, torch.zeros(1, dtype=torch.long, device=active.device)))
             subset_output = compute_objective(self.objective_config, subset_logps, **hyperparameters)
             loss = subset_output.losses.sum() * 0.0
+        if loss is not None:
+            self.accelerator.backward(loss)
+            loss = loss.detach()
         self._update_estimate(output.grad_weights)
         return MicroBatchResult(loss=loss, logps=logps, output=output, sft_losses=None, skipped=True)
 

@@ -292,10 +292,8 @@ class Trainer:
             for batch in loader:
                 with self.accelerator.accumulate(self.model):
                     hyperparameters = self._scheduled_hyperparameters()
-                    micro_batch = self.pair_step.forward(batch, hyperparameters)
+                    micro_batch = self.pair_step.run(batch, hyperparameters)
                     logps, output, sft, loss = micro_batch.logps, micro_batch.output, micro_batch.sft_losses, micro_batch.loss
-                    if loss is not None:
-                        self.accelerator.backward(loss)
                     finite = self.guard.check_micro_batch(logps, output, loss, lambda positions: self._pair_ids(batch, positions))
 
                     # A step with a NaN or inf loss or gradient is skipped; see relupo.numerics.
