@@ -250,6 +250,25 @@ def test_full_disk_during_metrics_write(tmp_path, data_file, monkeypatch, one_th
     )
 
 
+def test_full_disk_during_final_model_save(tmp_path, data_file, monkeypatch, one_thread):
+    trainer = small_trainer(tmp_path / "run", data_file, save_steps=4)
+    monkeypatch.setattr("transformers.PreTrainedModel.save_pretrained", no_space)
+    with pytest.raises(RelupoError) as error:
+        trainer.train()
+    assert str(error.value) == (
+        f"{tmp_path / 'run' / 'model'}: failed to write (No space left on device); free disk space or fix "
+        "the permissions of output_dir, then continue with --resume true."
+    )
+    assert not (tmp_path / "run" / "summary.json").exists()
+    # The last checkpoint holds every step, so the resumed run only saves the model.
+    monkeypatch.undo()
+    resumed = small_trainer(tmp_path / "run", data_file, save_steps=4, resume=True)
+    assert resumed.state.global_step == 4
+    summary = resumed.train()
+    assert summary["steps"] == 4
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+
+
 def test_cli_reports_full_disk_in_one_line(tmp_path, data_file, monkeypatch, capsys):
     monkeypatch.setattr(relupo.run_files.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30, 0))
     assert main(train_arguments(tmp_path / "run", data_file)) == 2

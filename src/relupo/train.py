@@ -38,7 +38,7 @@ from relupo.logps import pair_logps
 from relupo.metrics import PairStats, summarize
 from relupo.modeling import load_model, load_tokenizer, save_final_model
 from relupo.numerics import NonFiniteGuard, check_mixed_precision
-from relupo.run_files import append_line, check_free_space, read_json_lines, replace_atomically
+from relupo.run_files import append_line, check_free_space, read_json_lines, replace_atomically, write_failed
 from relupo.gamma import gamma_for_step
 from relupo.objectives import OBJECTIVES, ObjectiveOutput, PairLogps, compute_objective, resolve_hyperparameters, sft_loss
 from relupo.reference import load_or_compute_reference_logps, reference_cache_path
@@ -434,10 +434,13 @@ class Trainer:
 
         model = self.accelerator.unwrap_model(self.model)
         if after is not None:
-            self._write_eval_margins(before, after)
-        final_dir = save_final_model(model, self.tokenizer, self.output_dir / "model", self.config.model.merge_lora)
+            replace_atomically(self.output_dir / "eval_margins.jsonl", lambda path: self._write_eval_margins(path, before, after))
+        try:
+            final_dir = save_final_model(model, self.tokenizer, self.output_dir / "model", self.config.model.merge_lora)
+        except OSError as error:
+            raise write_failed(self.output_dir / "model", error) from None
         summary["final_model_dir"] = str(final_dir)
-        (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        replace_atomically(self.output_dir / "summary.json", lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))
         if before is not None and after is not None:
             logger.info(
                 "finished %d steps in %.1f s: held-out accuracy %.4f -> %.4f, margin %.4f -> %.4f; model saved to %s",
@@ -447,8 +450,8 @@ class Trainer:
             logger.info("finished %d steps in %.1f s; model saved to %s", self.state.global_step, seconds, final_dir)
         return summary
 
-    def _write_eval_margins(self, before: EvalResult | None, after: EvalResult) -> None:
-        with open(self.output_dir / "eval_margins.jsonl", "w", encoding="utf-8") as handle:
+    def _write_eval_margins(self, path: Path, before: EvalResult | None, after: EvalResult) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
             for position, index in enumerate(after.pair_index.tolist()):
                 row = {"pair_id": self.eval_rows[index]["pair_id"], "margin_after": after.margins[position].item()}
                 if before is not None:
