@@ -58,13 +58,20 @@ def make_trainer(output_dir: Path, data: Path, **overrides) -> Trainer:
 
 
 def inject_nan(monkeypatch, trainer: Trainer, steps: set[int]) -> None:
-    """Make the repo loss of the first pair of each micro-batch NaN during the given optimizer steps."""
+    """Make the repo loss of the first pair of each listed optimizer step NaN.
+
+    The first objective call of a step scores that step's first pair, whether the micro-batch is
+    scored at once or one pair at a time.
+    """
     real = objectives.OBJECTIVES["repo"]
+    poisoned_steps = set()
 
     def function(logps, **hyperparameters):
         output = real.function(logps, **hyperparameters)
-        if trainer.state.global_step + 1 not in steps:
+        step = trainer.state.global_step + 1
+        if step not in steps or step in poisoned_steps:
             return output
+        poisoned_steps.add(step)
         poison = torch.zeros_like(output.losses)
         poison[0] = float("nan")
         return dataclasses.replace(output, losses=output.losses + poison)

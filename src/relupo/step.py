@@ -95,12 +95,21 @@ def select_pairs(batch: dict[str, Tensor], indices: Tensor) -> dict[str, Tensor]
     return selected
 
 
+def detach(result: object) -> object:
+    """Return a copy of a dataclass of tensors (PairLogps, ObjectiveOutput) cut from the autograd graph.
+
+    A kept reference to an attached tensor keeps its whole graph, saved activations included.
+    """
+    values = {field.name: getattr(result, field.name) for field in dataclasses.fields(result)}
+    return type(result)(**{name: None if value is None else value.detach() for name, value in values.items()})
+
+
 def concatenate(parts: list) -> object:
-    """Join per-chunk dataclasses of (B_i,) tensors (PairLogps, ObjectiveOutput) into one, detached."""
+    """Join dataclasses of (B_i,) tensors (PairLogps, ObjectiveOutput) into one of (sum B_i,) tensors."""
     joined = {}
     for field in dataclasses.fields(parts[0]):
         values = [getattr(part, field.name) for part in parts]
-        joined[field.name] = None if values[0] is None else torch.cat([value.detach() for value in values])
+        joined[field.name] = None if values[0] is None else torch.cat(values)
     return type(parts[0])(**joined)
 
 
@@ -176,21 +185,36 @@ class PairStep:
         logps_parts, output_parts, losses = [], [], []
         for index in range(pairs):
             last = index == pairs - 1
-            synchronize = last or not distributed
-            with contextlib.nullcontext() if synchronize else self.accelerator.no_sync(self.model):
-                logps = self.score(select_pairs(batch, torch.tensor([index], device=batch["input_ids"].device)))
-                output = compute_objective(self.objective_config, logps, **hyperparameters)
-                active = bool(output.grad_weights[0] != 0)
-                if active or (last and distributed):
-                    loss = output.losses.sum() / pairs * (1.0 if active else 0.0)
-                    self.accelerator.backward(loss)
-                    losses.append(loss.detach())
+            with contextlib.nullcontext() if last or not distributed else self.accelerator.no_sync(self.model):
+                logps, output, loss = self._one_pair(batch, index, hyperparameters, always_backward=last and distributed)
             logps_parts.append(logps)
             output_parts.append(output)
+            if loss is not None:
+                losses.append(loss)
         output = concatenate(output_parts)
         self._update_estimate(output.grad_weights)
         loss = torch.stack(losses).sum() if losses else None
         return MicroBatchResult(loss=loss, logps=concatenate(logps_parts), output=output, sft_losses=None, skipped=True)
+
+    def _one_pair(
+        self, batch: dict[str, Tensor], index: int, hyperparameters: dict[str, float], always_backward: bool
+    ) -> tuple[PairLogps, ObjectiveOutput, Tensor | None]:
+        """Run pair `index` forward, and backward if it is active; return its results detached.
+
+        The pair's graph is freed when this returns, so an inactive pair's activations never
+        outlive its own forward pass. `always_backward` runs backward on an inactive pair too,
+        with the loss multiplied by 0.
+        """
+        pairs = batch["pair_index"].shape[0]
+        logps = self.score(select_pairs(batch, torch.tensor([index], device=batch["input_ids"].device)))
+        output = compute_objective(self.objective_config, logps, **hyperparameters)
+        active = bool(output.grad_weights[0] != 0)
+        loss = None
+        if active or always_backward:
+            loss = output.losses.sum() / pairs * (1.0 if active else 0.0)
+            self.accelerator.backward(loss)
+            loss = loss.detach()
+        return detach(logps), detach(output), loss
 
     def _run_two_pass(self, batch: dict[str, Tensor], hyperparameters: dict[str, float]) -> MicroBatchResult:
         with torch.no_grad():
