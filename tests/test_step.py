@@ -1,5 +1,7 @@
 """Skipping zero-gradient pairs and shared-prompt packing against the plain computation."""
 
+import weakref
+
 import pytest
 import torch
 from accelerate import Accelerator
@@ -185,3 +187,28 @@ def test_auto_two_pass_skips_at_low_active_share(bundled_model_dir):
 def test_auto_per_pair_always_skips(bundled_model_dir):
     _, _, skipped = train_parameters(bundled_model_dir, "auto", False, "repo", 0.3, steps=3, per_pair=True)
     assert skipped == [True, True, True]
+
+
+def test_per_pair_frees_each_graph_before_next_pair(bundled_model_dir):
+    # A kept reference to a pair's attached log-probs would keep its saved activations alive
+    # while the next pairs run; each pair's must be gone before the next pair is scored.
+    model = AutoModelForCausalLM.from_pretrained(bundled_model_dir)
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(model)
+    config = load_config(None, {"loss_type": "repo", "gamma": 0.3, "skip_inactive_pairs": "on", "share_prompt": False})
+    state = TrainerState()
+    step = PairStep(accelerator, model, config, lambda: state)
+    step.per_pair = True
+    score, alive_at_each_score, references = step.score, [], []
+
+    def tracking_score(batch):
+        alive_at_each_score.append(sum(reference() is not None for reference in references))
+        logps = score(batch)
+        references.append(weakref.ref(logps.chosen_logps))
+        return logps
+
+    step.score = tracking_score
+    result = step.run(PairCollator(pad_token_id=0)(PAIRS), {})
+    assert len(alive_at_each_score) == len(PAIRS)
+    assert alive_at_each_score == [0] * len(PAIRS)
+    assert 0 < (result.output.grad_weights != 0).sum() < len(PAIRS)
