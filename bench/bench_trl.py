@@ -19,11 +19,19 @@ from a config, with the stories260K tokenizer. The random model gives every pair
 so every pair is active at any gamma > 0; its output layer is scaled by `--logit-scale` so that
 margins spread as they do in a trained model and the gamma sweep has pairs to skip.
 
-pairs/s counts preference pairs per second of timed steps. tokens/s is pairs/s times the mean
-tokens per pair (prompt + chosen + prompt + rejected, as relupo tokenizes them), the same count
-for every trainer. Model FLOP/s is 6 * parameters * tokens/s, the nominal cost of a forward and
-backward pass over every token; it ignores the reference forward of DPO and the work skipping
-saves, so it compares trainers on the same nominal work.
+pairs/s counts preference pairs per second of timed steps. tokens/s counts the tokens of those
+same pairs, prompt + chosen + prompt + rejected without padding: relupo's own count, and for TRL
+the attention-mask sum of the policy's forward passes. Trainers draw their batches in different
+orders, so the timed pairs differ in length between runs; tokens/s corrects for that, and its
+ratios are the ones to compare. Model FLOP/s is 6 * parameters * tokens/s, the nominal cost of a
+forward and backward pass over every token; it ignores the reference forward of DPO and the work
+that shared prompts and skipping save, so it compares trainers on the same nominal work. Every
+run also counts the token positions its model computed per pair, with and without autograd,
+padding included.
+
+Precision is the same for every trainer of a row: float32 by default, and bf16 mixed precision
+(autocast) for the rows `--bf16` adds. TRL's configs turn bf16 on by default, so the TRL runs set
+it explicitly.
 """
 
 from __future__ import annotations
@@ -53,19 +61,37 @@ HH_DATA = REPOSITORY / "src" / "relupo" / "bundled" / "hh-rlhf-harmless-base" / 
 # ------------------------------------------------------------------------------------ preparation
 
 
-def write_pairs(path: Path, count: int) -> None:
-    """Write the first `count` HH-RLHF pairs as text rows (prompt, chosen, rejected), rendered as relupo renders them."""
+def write_pairs(path: Path, count: int, max_length: int, max_prompt_length: int) -> None:
+    """Write the first `count` HH-RLHF pairs that fit the length limits untruncated, as text rows (prompt, chosen, rejected).
+
+    relupo truncates a long prompt from the left, TRL's DPOTrainer cuts prompt + response from the
+    right and its CPOTrainer never cuts the prompt, so on pairs that need truncation the trainers
+    would compute different sequences. Pairs whose prompt fits max_prompt_length and whose prompt
+    plus either response (and EOS, with 2 tokens to spare) fits max_length are the same sequences
+    in every trainer. Rows are rendered as relupo renders them; lengths use the stories260K
+    tokenizer, which both benchmark models share.
+    """
+    from transformers import AutoTokenizer
+
     from relupo.config import load_config
     from relupo.data import load_pairs
-
     from relupo.data.formats import render_plain
 
+    tokenizer = AutoTokenizer.from_pretrained(STORIES)
     config = load_config(None, {"train_data": str(HH_DATA), "eval_split": 0.0})
-    pairs = load_pairs(config.data, seed=0).train[:count]
+    written = 0
     with open(path, "w", encoding="utf-8") as handle:
-        for pair in pairs:
+        for pair in load_pairs(config.data, seed=0).train:
             prompt, chosen, rejected = render_plain(pair)
+            prompt_tokens = len(tokenizer(prompt).input_ids)
+            response_tokens = max(len(tokenizer(text, add_special_tokens=False).input_ids) for text in (chosen, rejected))
+            if prompt_tokens > max_prompt_length or prompt_tokens + response_tokens + 3 > max_length:
+                continue
             handle.write(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}) + "\n")
+            written += 1
+            if written == count:
+                return
+    raise SystemExit(f"only {written} HH-RLHF pairs fit max_length {max_length} and max_prompt_length {max_prompt_length}; ask for fewer --pairs")
 
 
 def build_random_llama(directory: Path, logit_scale: float) -> int:
@@ -86,11 +112,11 @@ def build_random_llama(directory: Path, logit_scale: float) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def matmul_peak_flops(size: int = 1536, seconds: float = 3.0) -> float:
-    """Measure float32 matrix-multiply FLOP/s with torch on this process's threads."""
+def matmul_peak_flops(dtype: str = "float32", size: int = 1536, seconds: float = 3.0) -> float:
+    """Measure matrix-multiply FLOP/s in `dtype` with torch on this process's threads."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, dtype=getattr(torch, dtype)), torch.randn(size, size, dtype=getattr(torch, dtype))
     torch.mm(a, b)
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
@@ -109,7 +135,46 @@ def resident_kib() -> int:
     return 0
 
 
-def run_relupo(spec: dict) -> list[float]:
+class PositionCounter:
+    """Count the token positions a model computes (rows x width of every forward pass), with and without autograd.
+
+    Attached to the input embeddings, so it sees every forward pass of the model, padding
+    included: the work a trainer actually does, whatever its layout.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, bool, int]] = []  # (time, autograd, positions) of every forward pass
+        self.token_events: list[tuple[float, int]] = []  # (time, attention-mask tokens) of autograd forward passes
+        self.step_ends: list[float] = []  # time at the end of every optimizer step
+
+    def attach(self, model) -> None:
+        model.get_input_embeddings().register_forward_pre_hook(self.hook)
+
+    def attach_tokens(self, model) -> None:
+        """Count the unpadded tokens (attention mask sum) of the model's autograd forward passes: TRL's policy."""
+        model.register_forward_pre_hook(self.token_hook, with_kwargs=True)
+
+    def hook(self, module, args) -> None:
+        import torch
+
+        self.events.append((time.perf_counter(), torch.is_grad_enabled(), args[0].numel()))
+
+    def token_hook(self, module, args, kwargs) -> None:
+        import torch
+
+        if torch.is_grad_enabled():
+            self.token_events.append((time.perf_counter(), int(kwargs["attention_mask"].sum())))
+
+    def tokens_after(self, step: int) -> int:
+        return sum(n for t, n in self.token_events if t > self.step_ends[step - 1])
+
+    def positions_after(self, step: int) -> dict[str, int]:
+        """Positions computed after the end of optimizer step `step` (1-based), by autograd mode."""
+        since = self.step_ends[step - 1]
+        return {mode: sum(n for t, grad, n in self.events if t > since and grad == (mode == "autograd")) for mode in ("autograd", "no_grad")}
+
+
+def run_relupo(spec: dict, counter: PositionCounter) -> list[float]:
     """Train relupo for spec["steps"] steps; return the seconds of every optimizer step."""
     import relupo.train
     from relupo.config import load_config
@@ -129,29 +194,47 @@ def run_relupo(spec: dict) -> list[float]:
         "max_length": spec["max_length"], "max_prompt_length": spec["max_prompt_length"],
         "per_device_train_batch_size": spec["batch_size"], "learning_rate": spec["learning_rate"], "max_steps": spec["steps"],
         "lr_scheduler_type": "constant", "warmup_ratio": 0.0, "save_steps": 0, "eval_steps": 0, "snapshot_steps": 0,
-        "skip_inactive_pairs": spec["skip"], "share_prompt": spec["share_prompt"], "seed": 0,
+        "skip_inactive_pairs": spec["skip"], "share_prompt": spec["share_prompt"], "seed": 0, "bf16": spec["bf16"],
     }
     trainer = relupo.train.Trainer(load_config(None, options))
     trainer.setup()
+    if "per_pair" in spec:
+        trainer.pair_step.per_pair = spec["per_pair"]
+    from relupo.logps import unwrap_model
+
+    counter.attach(unwrap_model(trainer.model))
+    write_metrics = trainer._write_metrics
+
+    def timestamped(record: dict) -> None:
+        if "pairs_per_second" in record:
+            counter.step_ends.append(time.perf_counter())
+        write_metrics(record)
+
+    trainer._write_metrics = timestamped
     spec["resident_before_training_kib"] = resident_kib()
     trainer.train()
     records = [json.loads(line) for line in (Path(spec["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "pairs_per_second" in r]
-    spec["active_fraction"] = sum(r["active_fraction"] for r in steps[spec["warmup_steps"]:]) / len(steps[spec["warmup_steps"]:])
+    timed = steps[spec["warmup_steps"]:]
+    spec["active_fraction"] = sum(r["active_fraction"] for r in timed) / len(timed)
+    # relupo counts prompt + chosen + prompt + rejected tokens of each batch, without padding.
+    spec["timed_tokens"] = sum(r["tokens_per_second"] * spec["batch_size"] / r["pairs_per_second"] for r in timed)
     return [spec["batch_size"] / r["pairs_per_second"] for r in steps]
 
 
-def run_trl(spec: dict) -> list[float]:
+def run_trl(spec: dict, counter: PositionCounter) -> list[float]:
     """Train TRL's CPOTrainer (SimPO) or DPOTrainer; return the seconds of every optimizer step."""
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
+        def __init__(self, counter: PositionCounter) -> None:
             self.ends = [time.perf_counter()]
+            self.counter = counter
 
         def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(time.perf_counter())
+            self.counter.step_ends.append(self.ends[-1])
 
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
@@ -161,9 +244,9 @@ def run_trl(spec: dict) -> list[float]:
         output_dir=spec["output_dir"], per_device_train_batch_size=spec["batch_size"], gradient_accumulation_steps=1,
         learning_rate=spec["learning_rate"], max_steps=spec["steps"], lr_scheduler_type="constant", warmup_steps=0,
         logging_steps=10_000, save_strategy="no", report_to=[], use_cpu=True, seed=0, max_length=spec["max_length"],
-        disable_tqdm=True, dataloader_num_workers=0,
+        disable_tqdm=True, dataloader_num_workers=0, bf16=spec["bf16"],
     )
-    timer = StepTimer()
+    timer = StepTimer(counter)
     if spec["trainer"] == "trl simpo":
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
@@ -175,9 +258,14 @@ def run_trl(spec: dict) -> list[float]:
         reference = AutoModelForCausalLM.from_pretrained(spec["model_dir"])
         args = DPOConfig(**common, beta=0.1)
         trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[timer])
+    counter.attach(model)
+    counter.attach_tokens(model)
+    if spec["trainer"] == "trl dpo":
+        counter.attach(reference)
     spec["resident_before_training_kib"] = resident_kib()
     timer.ends = [time.perf_counter()]
     trainer.train()
+    spec["timed_tokens"] = counter.tokens_after(spec["warmup_steps"])
     return [b - a for a, b in zip(timer.ends, timer.ends[1:])]
 
 
@@ -185,15 +273,19 @@ def run_one(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    seconds = run_relupo(spec) if spec["trainer"].startswith("relupo") else run_trl(spec)
+    counter = PositionCounter()
+    seconds = (run_relupo if spec["trainer"].startswith("relupo") else run_trl)(spec, counter)
     timed = seconds[spec["warmup_steps"]:]
+    timed_pairs = spec["batch_size"] * len(timed)
     pairs_per_second = spec["batch_size"] * len(timed) / sum(timed)
     return {
         **spec,
         "step_seconds": seconds,
         "pairs_per_second": pairs_per_second,
+        "tokens_per_second": spec["timed_tokens"] / sum(timed),
         "peak_resident_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "resident_before_training_mib": spec["resident_before_training_kib"] / 1024,
+        "positions_per_pair": {mode: count / timed_pairs for mode, count in counter.positions_after(spec["warmup_steps"]).items()},
     }
 
 
@@ -214,20 +306,27 @@ def mean_pair_tokens(data: Path, model_dir: Path, max_length: int, max_prompt_le
 
 def plan(args: argparse.Namespace, model: str) -> list[dict]:
     """The configurations of one model, as dicts that name everything a run needs."""
-    base = {"model": model, "loss_type": "repo", "gamma": 0.5, "skip": "auto", "share_prompt": True, "length_grouping": True}
+    base = {"model": model, "loss_type": "repo", "gamma": 0.5, "skip": "auto", "share_prompt": True, "length_grouping": True, "bf16": False}
     comparison = [
         {**base, "trainer": "relupo repo"},
         {**base, "trainer": "relupo simpo", "loss_type": "simpo"},
         {**base, "trainer": "trl simpo"},
         {**base, "trainer": "trl dpo"},
     ]
+    if args.bf16:
+        comparison += [{**spec, "bf16": True} for spec in comparison] + [{**base, "trainer": "relupo repo", "skip": "off", "bf16": True}]
     techniques = [
         {**base, "trainer": "relupo repo", "skip": "on"},
         {**base, "trainer": "relupo repo", "skip": "off"},
         {**base, "trainer": "relupo repo", "share_prompt": False},
         {**base, "trainer": "relupo repo", "length_grouping": False},
     ]
-    sweep = [{**base, "trainer": "relupo repo", "gamma": gamma, "skip": skip} for gamma in (0.2, 1.0) for skip in ("off", "on")]
+    sweep = [{**base, "trainer": "relupo repo", "gamma": gamma, "skip": skip} for gamma in (0.2, 1.0, 2.0) for skip in ("off", "on")]
+    if args.mechanisms:
+        # Both skipping forms, and no skipping, across active shares.
+        return [{**base, "trainer": "relupo repo", "gamma": gamma, "skip": skip, "bf16": bf16, **extra}
+                for bf16 in (False, True) for gamma in (0.2, 0.5, 2.0)
+                for skip, extra in (("off", {}), ("on", {"per_pair": True}), ("on", {"per_pair": False}))]
     return comparison + (techniques + sweep if model in args.ablation_models else [])
 
 
@@ -246,16 +345,18 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=REPOSITORY / "bench" / "results.json")
     parser.add_argument("--models", nargs="+", default=["stories260K", "llama50m"])
     parser.add_argument("--ablation-models", nargs="*", default=["llama50m"])
-    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run, warm-up included")
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per run, warm-up included")
     parser.add_argument("--warmup-steps", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--max-prompt-length", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--pairs", type=int, default=256, help="HH-RLHF pairs the runs draw their batches from")
+    parser.add_argument("--pairs", type=int, default=256, help="HH-RLHF pairs, all within the length limits, that the runs draw their batches from")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of every configuration")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--logit-scale", type=float, default=10.0, help="factor on the random model's output layer")
+    parser.add_argument("--bf16", action="store_true", help="also run the four comparison configurations in bf16 mixed precision")
+    parser.add_argument("--mechanisms", action="store_true", help="run only relupo repo with per-pair, two-pass and no skipping, float32 and bf16")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -265,7 +366,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="relupo-bench-"))
     data = work / "pairs.jsonl"
-    write_pairs(data, args.pairs)
+    write_pairs(data, args.pairs, args.max_length, args.max_prompt_length)
     model_dirs = {"stories260K": STORIES, "llama50m": work / "llama50m"}
     parameters = {"stories260K": None, "llama50m": None}
     if "llama50m" in args.models:
@@ -280,6 +381,7 @@ def main() -> None:
         "threads": args.threads,
         "load_average_before": os.getloadavg(),
         "matmul_peak_flops": matmul_peak_flops(),
+        "matmul_peak_flops_bf16": matmul_peak_flops("bfloat16") if args.bf16 else None,
         "settings": {name: getattr(args, name) for name in ("steps", "warmup_steps", "batch_size", "max_length", "max_prompt_length", "learning_rate", "pairs", "rounds", "logit_scale")},
         "models": {},
         "runs": [],
@@ -310,12 +412,10 @@ def main() -> None:
                     print(process.stdout[-3000:], process.stderr[-3000:], file=sys.stderr)
                     raise SystemExit(f"run failed: {spec['trainer']} on {model}")
                 result = json.loads(lines[-1][len("RESULT "):])
-                info = report["models"][model]
-                result["tokens_per_second"] = result["pairs_per_second"] * info["mean_pair_tokens"]
-                result["model_flops_per_second"] = 6 * info["parameters"] * result["tokens_per_second"]
+                result["model_flops_per_second"] = 6 * report["models"][model]["parameters"] * result["tokens_per_second"]
                 report["runs"].append(result)
-                print(f"{model:12s} {result['trainer']:13s} gamma {spec['gamma']} skip {spec['skip']:4s} share {spec['share_prompt']!s:5s} "
-                      f"grouping {spec['length_grouping']!s:5s}: {result['pairs_per_second']:.2f} pairs/s, "
+                print(f"{model:12s} {result['trainer']:13s} bf16 {spec['bf16']!s:5s} gamma {spec['gamma']} skip {spec['skip']:4s} share {spec['share_prompt']!s:5s} "
+                      f"grouping {spec['length_grouping']!s:5s}: {result['pairs_per_second']:.2f} pairs/s, {result['tokens_per_second']:.0f} tokens/s, "
                       f"peak {result['peak_resident_mib']:.0f} MiB", flush=True)
                 args.output.write_text(json.dumps(report, indent=2) + "\n")
 
