@@ -22,7 +22,7 @@ margins spread as they do in a trained model and the gamma sweep has pairs to sk
 pairs/s counts preference pairs per second of timed steps. tokens/s counts the tokens of those
 same pairs, prompt + chosen + prompt + rejected without padding: relupo's own count, and for TRL
 the attention-mask sum of the policy's forward passes. Trainers draw their batches in different
-orders, so the timed pairs differ in length between runs; tokens/s corrects for that, and its
+orders, so the timed pairs differ in length between runs. tokens/s corrects for that, so its
 ratios are the ones to compare. Model FLOP/s is 6 * parameters * tokens/s, the nominal cost of a
 forward and backward pass over every token; it ignores the reference forward of DPO and the work
 that shared prompts and skipping save, so it compares trainers on the same nominal work. Every

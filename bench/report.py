@@ -2,8 +2,8 @@
 
     python bench/report.py bench/results.json
 
-A configuration that ran in several rounds shows the median of its rounds' pairs/s and tokens/s
-and, in brackets, the lowest and highest; ratios are between medians.
+A configuration that ran in several rounds shows the median of its rounds' pairs/s and tokens/s,
+with the lowest and highest in brackets. Ratios are between medians.
 """
 
 from __future__ import annotations

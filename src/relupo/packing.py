@@ -17,8 +17,8 @@ context and positions it has in its own separate sequence, so the log-probs are 
 unpacked forward passes, up to floating-point summation order. Both first response tokens are
 scored by the logits at their pair's last prompt position.
 
-Rows are filled first-fit decreasing up to the length of the longest pair, so a row is never
-longer than the longest pair alone; attention cost per row does not grow with the packing.
+Rows are filled first-fit decreasing up to the length of the longest pair. A row is thus never
+longer than the longest pair alone, and the attention cost per row does not grow with packing.
 
 The 4D mask has shape (rows, 1, L, L). transformers (checked on 5.25) passes a 4D mask to the
 attention implementation unchanged, so its type must suit that implementation: sdpa takes a

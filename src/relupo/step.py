@@ -11,7 +11,7 @@ clears the threshold has a constant loss, so its gradient is exactly zero. Skipp
                Costs one forward pass over all pairs plus forward and backward over the active.
 
 Both count every pair in the batch mean, so the gradient equals that of the full batch up to
-floating-point summation order. Per pair does less arithmetic; two pass keeps batched matrix
+floating-point summation order. Per pair does less arithmetic. Two pass keeps batched matrix
 products, which an accelerator needs to stay busy. On a CPU, one-pair forward and backward passes
 are as fast per token as batched ones, or faster (no padding), so the CPU uses per pair and other
 devices two pass; docs/benchmarks.md has the measurements. `auto` always skips per pair, and
