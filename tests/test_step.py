@@ -12,7 +12,7 @@ from relupo.config import load_config
 from relupo.data.batching import PairCollator
 from relupo.logps import pair_logps
 from relupo.packing import CHOSEN, PROMPT, REJECTED, pack_pairs, packed_pair_logps, plan_rows, supports_shared_prompt
-from relupo.step import TWO_PASS_SKIP_BELOW, PairStep, can_skip, select_pairs
+from relupo.step import TWO_PASS_SKIP_BELOW, PairStep, can_skip, select_pairs, uses_per_pair
 from test_logps import ROWS, direct_response_logp
 
 # Eight pairs of different prompt and response lengths, from token ids of the bundled vocabulary.
@@ -109,6 +109,13 @@ def test_select_pairs_trims_padding():
     assert subset["input_ids"].shape == (2, 6)
     assert subset["input_ids"][1, :5].tolist() == [1, 403, 407, 300, 2]
     assert subset["pair_index"].tolist() == [0]
+
+
+def test_per_pair_only_on_cpu_in_float32():
+    assert uses_per_pair("cpu", "no")
+    assert not uses_per_pair("cpu", "bf16")
+    assert not uses_per_pair("cuda", "no")
+    assert not uses_per_pair("cuda", "bf16")
 
 
 def test_can_skip_only_when_inactive_pairs_have_no_gradient():

@@ -13,8 +13,9 @@ clears the threshold has a constant loss, so its gradient is exactly zero. Skipp
 Both count every pair in the batch mean, so the gradient equals that of the full batch up to
 floating-point summation order. Per pair does less arithmetic. Two pass keeps batched matrix
 products, which an accelerator needs to stay busy. On a CPU, one-pair forward and backward passes
-are as fast per token as batched ones, or faster (no padding), so the CPU uses per pair and other
-devices two pass; docs/benchmarks.md has the measurements. `auto` always skips per pair, and
+are as fast per token as batched ones, or faster (no padding), so a CPU in float32 uses per pair.
+Under mixed precision and on other devices skipping runs two pass; docs/benchmarks.md has the
+measurements. `auto` always skips per pair, and
 skips two pass while the recent active share is below `TWO_PASS_SKIP_BELOW`.
 
 Every process takes part in every gradient all-reduce, as DDP and FSDP require. Per pair runs all
@@ -51,7 +52,8 @@ SKIPPABLE_OBJECTIVES = ("repo", "repo++", "dpo+repo", "dpo+repo++", "slic")
 
 # auto runs two pass while the estimated active share is below this value: its break-even is near
 # 1 - (forward cost) / (forward + backward cost), about 0.67. auto always runs per pair, which on
-# a CPU was faster than no skipping at every active share measured (0.44 to 0.79, docs/benchmarks.md).
+# a CPU in float32 was faster than no skipping at every active share measured (0.44 to 0.79,
+# docs/benchmarks.md).
 TWO_PASS_SKIP_BELOW = 0.67
 
 # Weight of the newest micro-batch in auto's running estimate of the active share.
@@ -95,6 +97,17 @@ def select_pairs(batch: dict[str, Tensor], indices: Tensor) -> dict[str, Tensor]
     return selected
 
 
+def uses_per_pair(device_type: str, mixed_precision: str) -> bool:
+    """Tell whether skipping runs per pair (else two pass) on this device and mixed-precision mode.
+
+    Measured on a CPU (docs/benchmarks.md): per pair is the faster form in float32. Under bf16
+    autocast the two forms are equally fast on a 50M model, but per pair is 2.2x slower on
+    stories260K, where the cast operators of 8 one-pair passes dominate each step.
+    """
+    # NOTE: two pass on GPUs follows from its cost model: no GPU measurement has compared the two.
+    return device_type == "cpu" and mixed_precision == "no"
+
+
 def detach(result: object) -> object:
     """Return a copy of a dataclass of tensors (PairLogps, ObjectiveOutput) cut from the autograd graph.
 
@@ -133,9 +146,7 @@ class PairStep:
             # forward passes of skipping have not been checked against it, so it is turned off.
             logger.warning("skip_inactive_pairs is turned off under DeepSpeed")
             self.skip_mode = "off"
-        # NOTE: per pair was measured faster on a CPU (docs/benchmarks.md). Two pass on GPUs is a
-        # choice from its cost model: no GPU measurement has compared the two.
-        self.per_pair = accelerator.device.type == "cpu"
+        self.per_pair = uses_per_pair(accelerator.device.type, accelerator.mixed_precision)
         self.share_prompt = training.share_prompt
         self.packing_checked = False
         half = training.bf16 or training.fp16 or config.model.dtype != "float32"
