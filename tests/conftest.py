@@ -1,5 +1,6 @@
 """Shared fixtures. Tests load models and data from local paths only, never from a hub."""
 
+import gzip
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,6 +22,19 @@ def bundled_model_dir() -> str:
 @pytest.fixture(scope="session")
 def bundled_data_path() -> str:
     return BUNDLED_DATA
+
+
+@pytest.fixture(scope="session")
+def bundled_rows_file(tmp_path_factory, bundled_data_path):
+    """Return a function that writes the first `count` bundled HH-RLHF rows to a new JSONL file."""
+
+    def write(count: int) -> Path:
+        path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+        with gzip.open(bundled_data_path, "rt", encoding="utf-8") as source:
+            path.write_text("".join(next(source) for _ in range(count)), encoding="utf-8")
+        return path
+
+    return write
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,6 @@ kills land wherever training is when a metrics record appears.
 """
 
 import errno
-import gzip
 import json
 import os
 import shutil
@@ -57,12 +56,9 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.fixture(scope="module")
-def data_file(tmp_path_factory, bundled_data_path) -> Path:
+def data_file(bundled_rows_file) -> Path:
     """The first 96 bundled HH-RLHF rows: 72 train pairs (9 batches of 8) and 24 held out."""
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    with gzip.open(bundled_data_path, "rt", encoding="utf-8") as source:
-        path.write_text("".join(next(source) for _ in range(96)), encoding="utf-8")
-    return path
+    return bundled_rows_file(96)
 
 
 def train_arguments(output_dir: Path, data: Path) -> list[str]:
@@ -260,7 +256,7 @@ def test_full_disk_during_final_model_save(tmp_path, data_file, monkeypatch, one
         "the permissions of output_dir, then continue with --resume true."
     )
     assert not (tmp_path / "run" / "summary.json").exists()
-    # The last checkpoint holds every step, so the resumed run only saves the model.
+    # The last checkpoint contains every step, so the resumed run only saves the model.
     monkeypatch.undo()
     resumed = small_trainer(tmp_path / "run", data_file, save_steps=4, resume=True)
     assert resumed.state.global_step == 4

@@ -1,6 +1,5 @@
 """Two CPU processes (torch.distributed, gloo) train to the same weights as one process with the same global batch."""
 
-import gzip
 import os
 import socket
 import subprocess
@@ -35,11 +34,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory, bundled_data_path) -> Path:
-    path = tmp_path_factory.mktemp("distributed") / "pairs.jsonl"
-    with gzip.open(bundled_data_path, "rt", encoding="utf-8") as source:
-        path.write_text("".join(next(source) for _ in range(32)), encoding="utf-8")
-    return path
+def pairs_file(bundled_rows_file) -> Path:
+    return bundled_rows_file(32)
 
 
 def test_two_processes_match_one_process(tmp_path, pairs_file):

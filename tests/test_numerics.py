@@ -1,7 +1,6 @@
 """Non-finite guards: a NaN loss skips its optimizer step, names the pairs, and stops the run when it repeats."""
 
 import dataclasses
-import gzip
 import logging
 import math
 from pathlib import Path
@@ -21,12 +20,9 @@ from relupo.train import Trainer
 
 
 @pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory, bundled_data_path) -> Path:
+def pairs_file(bundled_rows_file) -> Path:
     """The first 48 bundled HH-RLHF rows: 6 batches of 8 pairs."""
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    with gzip.open(bundled_data_path, "rt", encoding="utf-8") as source:
-        path.write_text("".join(next(source) for _ in range(48)), encoding="utf-8")
-    return path
+    return bundled_rows_file(48)
 
 
 @pytest.fixture(autouse=True)
