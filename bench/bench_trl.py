@@ -24,7 +24,7 @@ same pairs, prompt + chosen + prompt + rejected without padding: relupo's own co
 the attention-mask sum of the policy's forward passes. Trainers draw their batches in different
 orders, so the timed pairs differ in length between runs. tokens/s corrects for that, so its
 ratios are the ones to compare. Model FLOP/s is 6 * parameters * tokens/s, the nominal cost of a
-forward and backward pass over every token; it ignores the reference forward of DPO and the work
+forward and backward pass over every token. It ignores the reference forward of DPO and the work
 that shared prompts and skipping save, so it compares trainers on the same nominal work. Every
 run also counts the token positions its model computed per pair, with and without autograd,
 padding included.
@@ -37,7 +37,6 @@ it explicitly.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -138,7 +137,7 @@ def resident_kib() -> int:
 class PositionCounter:
     """Count the token positions a model computes (rows x width of every forward pass), with and without autograd.
 
-    Attached to the input embeddings, so it sees every forward pass of the model, padding
+    The hook sits on the input embeddings, so it counts every forward pass of the model, padding
     included: the work a trainer actually does, whatever its layout.
     """
 

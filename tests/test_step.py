@@ -71,7 +71,7 @@ def test_plan_rows_first_fit_decreasing():
 
 def test_pack_pairs_layout():
     packed = pack_pairs(PairCollator(pad_token_id=0)(SHARING_ROWS))
-    # Row 0 holds pair 1 (13 tokens); row 1 holds pair 0 (prompt [1, 403, 407], chosen [261, 378, 2],
+    # Row 0 contains pair 1 (13 tokens). Row 1 contains pair 0 (prompt [1, 403, 407], chosen [261, 378, 2],
     # rejected [300, 2]) followed by pair 2 (prompt [1, 403], chosen [2], rejected [300, 2]).
     assert packed.input_ids.shape == (2, 13)
     assert packed.input_ids[1].tolist() == [1, 403, 407, 261, 378, 2, 300, 2, 1, 403, 2, 300, 2]
@@ -80,14 +80,14 @@ def test_pack_pairs_layout():
     assert packed.owners[1].tolist() == [0] * 8 + [2] * 5
     assert packed.last_prompt.tolist() == [[1, 2], [0, 5], [1, 9]]
     mask = packed.attention_mask()[1, 0]
-    # The first rejected token sees its prompt and itself, never the chosen response.
+    # The first rejected token attends to its prompt and itself, never to the chosen response.
     assert mask[6, :3].all()
     assert not mask[6, 3:6].any()
     assert mask[6, 6]
     # The last chosen token sees the prompt and the chosen response, nothing after.
     assert mask[5, :6].all()
     assert not mask[5, 6:].any()
-    # Pair 2 sees only pair 2: its first rejected token sees its prompt and itself.
+    # Pair 2 attends only to pair 2. Its first rejected token attends to its prompt and itself.
     assert mask[11].tolist() == [False] * 8 + [True, True, False, True, False]
     padding = pack_pairs(PairCollator(pad_token_id=0)(ROWS[:2])).attention_mask()[1, 0]
     assert padding[10].tolist() == [False] * 10 + [True] + [False] * 2  # padding attends to itself
@@ -198,7 +198,7 @@ def test_auto_per_pair_always_skips(bundled_model_dir):
 
 def test_per_pair_frees_each_graph_before_next_pair(bundled_model_dir):
     # A kept reference to a pair's attached log-probs would keep its saved activations alive
-    # while the next pairs run; each pair's must be gone before the next pair is scored.
+    # while the next pairs run. Each pair's log-probs must be freed before the next pair is scored.
     model = AutoModelForCausalLM.from_pretrained(bundled_model_dir)
     accelerator = Accelerator(cpu=True)
     model = accelerator.prepare(model)

@@ -11,9 +11,9 @@ the space a long pair would otherwise leave as padding:
     row 0: [pair 3 .................][pair 0 ......]
     row 1: [pair 1 ..........][pair 2 .........]
 
-A 4D attention mask lets each response see its own pair's prompt and its own earlier tokens,
-never the other response and never another pair. Every response token then sees exactly the
-context and positions it has in its own separate sequence, so the log-probs are those of the
+A 4D attention mask lets each response attend to its own pair's prompt and its own earlier
+tokens, never to the other response or another pair. Every response token then attends to exactly
+the context, at the positions, it has in its own separate sequence, so the log-probs are those of the
 unpacked forward passes, up to floating-point summation order. Both first response tokens are
 scored by the logits at their pair's last prompt position.
 
@@ -113,7 +113,7 @@ def pack_pairs(batch: dict[str, Tensor]) -> PackedPairs:
     positions = torch.zeros((len(rows), width), dtype=torch.long, device=device)
     segments = torch.full((len(rows), width), PADDING, dtype=torch.long, device=device)
     owners = torch.full((len(rows), width), -1, dtype=torch.long, device=device)
-    last_prompt = torch.zeros((pairs, 2), dtype=torch.long, device=device)
+    last_prompt = [(0, 0)] * pairs
     for row, members in enumerate(rows):
         start = 0
         for i in members:
@@ -126,14 +126,14 @@ def pack_pairs(batch: dict[str, Tensor]) -> PackedPairs:
             segments[row, start + p : start + p + c] = CHOSEN
             segments[row, start + p + c : start + p + c + r] = REJECTED
             owners[row, start : start + p + c + r] = i
-            last_prompt[i] = torch.tensor([row, start + p - 1])
+            last_prompt[i] = (row, start + p - 1)
             start += p + c + r
     return PackedPairs(
         input_ids=packed_ids,
         position_ids=positions,
         segments=segments,
         owners=owners,
-        last_prompt=last_prompt,
+        last_prompt=torch.tensor(last_prompt, dtype=torch.long, device=device),
         chosen_lengths=torch.tensor(chosen_lengths, dtype=torch.float32, device=device),
         rejected_lengths=torch.tensor(rejected_lengths, dtype=torch.float32, device=device),
     )
@@ -163,16 +163,16 @@ def packed_pair_logps(model: torch.nn.Module, batch: dict[str, Tensor]) -> PairL
     mask = packed.attention_mask(additive_dtype=base.dtype if eager else None)
     rows, scoring, labels = _scoring_positions(packed)
     # Logits only at the positions that score a response token in some row (1D logits_to_keep).
-    kept = torch.unique(scoring)
+    scoring_positions = torch.unique(scoring)
     logits = model(
         input_ids=packed.input_ids,
         attention_mask=mask,
         position_ids=packed.position_ids,
         use_cache=False,
-        logits_to_keep=kept,
+        logits_to_keep=scoring_positions,
     ).logits
 
-    picked = token_logps(logits[rows, torch.searchsorted(kept, scoring)], packed.input_ids[rows, labels])
+    picked = token_logps(logits[rows, torch.searchsorted(scoring_positions, scoring)], packed.input_ids[rows, labels])
     owners = packed.owners[rows, labels]
     is_chosen = packed.segments[rows, labels] == CHOSEN
     pairs = packed.last_prompt.shape[0]

@@ -14,9 +14,9 @@ Both count every pair in the batch mean, so the gradient equals that of the full
 floating-point summation order. Per pair does less arithmetic. Two pass keeps batched matrix
 products, which an accelerator needs to stay busy. On a CPU, one-pair forward and backward passes
 are as fast per token as batched ones, or faster (no padding), so a CPU in float32 uses per pair.
-Under mixed precision and on other devices skipping runs two pass; docs/benchmarks.md has the
-measurements. `auto` always skips per pair, and
-skips two pass while the recent active share is below `TWO_PASS_SKIP_BELOW`.
+Under mixed precision and on other devices skipping runs two pass. docs/benchmarks.md has the
+measurements. `auto` always skips per pair, and skips two pass while the recent active share is
+below `TWO_PASS_SKIP_BELOW`.
 
 Every process takes part in every gradient all-reduce, as DDP and FSDP require. Per pair runs all
 pairs but the last under `no_sync` and always runs backward on the last pair, multiplied by 0 when
@@ -251,7 +251,8 @@ class PairStep:
         return MicroBatchResult(loss=loss, logps=logps, output=output, sft_losses=None, skipped=True)
 
     def _update_estimate(self, grad_weights: Tensor) -> None:
-        if self.skip_mode != "auto":
+        # Only two pass under auto reads the estimate; the reduce is a collective on every micro-batch.
+        if self.skip_mode != "auto" or self.per_pair:
             return
         counts = torch.stack([(grad_weights != 0).sum(), torch.tensor(grad_weights.shape[0], device=grad_weights.device)]).float()
         counts = self.accelerator.reduce(counts, reduction="sum") if self.accelerator.num_processes > 1 else counts
