@@ -11,6 +11,7 @@ metric definitions from `relupo.metrics`, checkpoint files from `relupo.checkpoi
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -481,4 +482,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Train a model on preference pairs as configured; return the run summary (also in summary.json)."""
     trainer = Trainer(config)
     trainer.setup()
-    return trainer.train()
+    summary = trainer.train()
+    # Under torch.distributed, Gloo's worker threads free the tensors of finished collectives and
+    # need the GIL for it; a thread still alive when the interpreter shuts down aborts the process
+    # ("terminate called without an active exception"). So every process waits for the main one
+    # to finish writing, destroys the process group, and then drops the trainer: the DDP wrapper
+    # holds the group inside reference cycles, and only gc.collect() frees it and joins the threads.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+    del trainer
+    gc.collect()
+    return summary
