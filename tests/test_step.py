@@ -111,11 +111,10 @@ def test_select_pairs_trims_padding():
     assert subset["pair_index"].tolist() == [0]
 
 
-def test_per_pair_only_on_cpu_in_float32():
-    assert uses_per_pair("cpu", "no")
-    assert not uses_per_pair("cpu", "bf16")
-    assert not uses_per_pair("cuda", "no")
-    assert not uses_per_pair("cuda", "bf16")
+def test_per_pair_only_on_cpu():
+    assert uses_per_pair("cpu")
+    assert not uses_per_pair("cuda")
+    assert not uses_per_pair("mps")
 
 
 def test_can_skip_only_when_inactive_pairs_have_no_gradient():

@@ -253,11 +253,11 @@ class TrainingConfig:
     skip_inactive_pairs: str = _option(
         "auto",
         "Spend no backward computation on pairs whose gradient is exactly zero (repo, repo++, dpo+repo, "
-        "dpo+repo++, and slic with nll_weight 0, all without sft_weight). On a CPU in float32 each "
-        "pair runs forward on its own and only active pairs run backward; otherwise a forward pass "
+        "dpo+repo++, and slic with nll_weight 0, all without sft_weight). On a CPU each pair runs "
+        "forward on its own and only active pairs run backward; on other devices a forward pass "
         "without autograd finds the active pairs, then only those run forward and backward. The "
         "update is unchanged: the batch mean still counts every pair. on: always; off: never; auto: "
-        "always on a CPU in float32, otherwise while the recent active share is below 0.67.",
+        "always on a CPU, otherwise while the recent active share is below 0.67.",
         choices=("auto", "on", "off"),
     )
     share_prompt: bool = _option(

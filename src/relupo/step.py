@@ -13,10 +13,9 @@ clears the threshold has a constant loss, so its gradient is exactly zero. Skipp
 Both count every pair in the batch mean, so the gradient equals that of the full batch up to
 floating-point summation order. Per pair does less arithmetic. Two pass keeps batched matrix
 products, which an accelerator needs to stay busy. On a CPU, one-pair forward and backward passes
-are as fast per token as batched ones, or faster (no padding), so a CPU in float32 uses per pair.
-Under mixed precision and on other devices skipping runs two pass. docs/benchmarks.md has the
-measurements. `auto` always skips per pair, and skips two pass while the recent active share is
-below `TWO_PASS_SKIP_BELOW`.
+are as fast per token as batched ones, or faster (no padding), so a CPU uses per pair and other
+devices use two pass. docs/benchmarks.md has the measurements. `auto` always skips per pair, and
+skips two pass while the recent active share is below `TWO_PASS_SKIP_BELOW`.
 
 Every process takes part in every gradient all-reduce, as DDP and FSDP require. Per pair runs all
 pairs but the last under `no_sync` and always runs backward on the last pair, multiplied by 0 when
@@ -97,15 +96,16 @@ def select_pairs(batch: dict[str, Tensor], indices: Tensor) -> dict[str, Tensor]
     return selected
 
 
-def uses_per_pair(device_type: str, mixed_precision: str) -> bool:
-    """Tell whether skipping runs per pair (else two pass) on this device and mixed-precision mode.
+def uses_per_pair(device_type: str) -> bool:
+    """Tell whether skipping runs per pair (else two pass) on this device.
 
     Measured on a CPU (docs/benchmarks.md): per pair is the faster form in float32. Under bf16
-    autocast the two forms are equally fast on a 50M model, but per pair is 2.2x slower on
-    stories260K, where the cast operators of 8 one-pair passes dominate each step.
+    autocast on a 50M model the two forms are equally fast and per pair peaks lower in memory.
+    Per pair is 2.2x slower than two pass on stories260K in bf16, where the cast operators of 8
+    one-pair passes dominate each step, but a model that small is fastest without skipping.
     """
     # NOTE: two pass on GPUs follows from its cost model: no GPU measurement has compared the two.
-    return device_type == "cpu" and mixed_precision == "no"
+    return device_type == "cpu"
 
 
 def detach(result: object) -> object:
@@ -146,7 +146,7 @@ class PairStep:
             # forward passes of skipping have not been checked against it, so it is turned off.
             logger.warning("skip_inactive_pairs is turned off under DeepSpeed")
             self.skip_mode = "off"
-        self.per_pair = uses_per_pair(accelerator.device.type, accelerator.mixed_precision)
+        self.per_pair = uses_per_pair(accelerator.device.type)
         self.share_prompt = training.share_prompt
         self.packing_checked = False
         half = training.bf16 or training.fp16 or config.model.dtype != "float32"
