@@ -84,6 +84,8 @@ def can_skip(loss_type: str, hyperparameters: dict[str, float], sft_weight: floa
 
 def select_pairs(batch: dict[str, Tensor], indices: Tensor) -> dict[str, Tensor]:
     """Return the sub-batch of the pairs at `indices`, its padding trimmed to its longest row."""
+    # NOTE: under bf16 autocast on a CPU, resident memory grows with each new width that reaches
+    # the model (bench/cpu_bf16_memory.py). Widths are not rounded up to a multiple yet.
     pairs = batch["input_ids"].shape[0] // 2
     rows = torch.cat([indices, indices + pairs])
     width = int(batch["attention_mask"][rows].sum(dim=1).max())
