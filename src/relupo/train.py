@@ -483,11 +483,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     trainer = Trainer(config)
     trainer.setup()
     summary = trainer.train()
-    # Under torch.distributed, Gloo's worker threads free the tensors of finished collectives and
-    # need the GIL for it; a thread still alive when the interpreter shuts down aborts the process
-    # ("terminate called without an active exception"). So every process waits for the main one
-    # to finish writing, destroys the process group, and then drops the trainer: the DDP wrapper
-    # holds the group inside reference cycles, and only gc.collect() frees it and joins the threads.
+    # Gloo's worker threads need the GIL to free the tensors of finished collectives. A worker still
+    # running when the interpreter shuts down aborts the process ("terminate called without an
+    # active exception"). So all processes wait for the main one to finish writing, then destroy
+    # the process group. The DDP wrapper holds the group in reference cycles, so only dropping the
+    # trainer and running gc.collect() frees it and joins the threads.
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
     del trainer
