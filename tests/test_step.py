@@ -11,8 +11,8 @@ from relupo.checkpoint import TrainerState
 from relupo.config import load_config
 from relupo.data.batching import PairCollator
 from relupo.logps import pair_logps
-from relupo.packing import CHOSEN, PROMPT, REJECTED, pack_pairs, packed_pair_logps, plan_rows, supports_shared_prompt
-from relupo.step import TWO_PASS_SKIP_BELOW, PairStep, can_skip, select_pairs, uses_per_pair
+from relupo.packing import CHOSEN, PADDING, PROMPT, REJECTED, pack_pairs, packed_pair_logps, plan_rows, supports_shared_prompt
+from relupo.step import TWO_PASS_SKIP_BELOW, PairStep, can_skip, packed_width_multiple, select_pairs, uses_per_pair
 from test_logps import ROWS, direct_response_logp
 
 # Eight pairs of different prompt and response lengths, from token ids of the bundled vocabulary.
@@ -61,6 +61,25 @@ def test_packed_gradients_match_separate(bundled_model_dir, implementation):
         gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     # float32 sums in another order: compare against the largest gradient entry.
     assert torch.allclose(gradients[0], gradients[1], atol=1e-5 * gradients[0].abs().max().item(), rtol=0)
+
+
+def test_packed_width_rounding_keeps_logps(model):
+    batch = PairCollator(pad_token_id=0)(SHARING_ROWS)
+    packed = pack_pairs(batch, width_multiple=32)
+    # The longest packed pair has 13 tokens; the other 19 columns of every row are padding.
+    assert packed.input_ids.shape == (2, 32)
+    assert (packed.segments[:, 13:] == PADDING).all()
+    with torch.no_grad():
+        rounded = packed_pair_logps(model, batch, width_multiple=32)
+        exact = packed_pair_logps(model, batch)
+    assert torch.allclose(rounded.chosen_logps, exact.chosen_logps, atol=1e-5)
+    assert torch.allclose(rounded.rejected_logps, exact.rejected_logps, atol=1e-5)
+
+
+def test_width_rounding_only_under_cpu_autocast():
+    assert packed_width_multiple("cpu", "bf16") == 32
+    assert packed_width_multiple("cpu", "no") == 1
+    assert packed_width_multiple("cuda", "bf16") == 1
 
 
 def test_plan_rows_first_fit_decreasing():

@@ -97,8 +97,12 @@ def plan_rows(lengths: list[int]) -> list[list[int]]:
     return rows
 
 
-def pack_pairs(batch: dict[str, Tensor]) -> PackedPairs:
-    """Repack a collated batch (rows 0..B-1 prompt + chosen, B..2B-1 prompt + rejected) into at most B rows."""
+def pack_pairs(batch: dict[str, Tensor], width_multiple: int = 1) -> PackedPairs:
+    """Repack a collated batch (rows 0..B-1 prompt + chosen, B..2B-1 prompt + rejected) into at most B rows.
+
+    The row width is the longest packed pair, rounded up to a multiple of `width_multiple` with
+    padding positions that no token attends to.
+    """
     input_ids, response_mask = batch["input_ids"], batch["response_mask"]
     device = input_ids.device
     pairs = input_ids.shape[0] // 2
@@ -107,7 +111,7 @@ def pack_pairs(batch: dict[str, Tensor]) -> PackedPairs:
     rejected_lengths = response_mask[pairs:].sum(dim=1).tolist()
     totals = [p + c + r for p, c, r in zip(prompt_lengths, chosen_lengths, rejected_lengths)]
     rows = plan_rows(totals)
-    width = max(totals)
+    width = -(-max(totals) // width_multiple) * width_multiple
 
     packed_ids = torch.zeros((len(rows), width), dtype=input_ids.dtype, device=device)
     positions = torch.zeros((len(rows), width), dtype=torch.long, device=device)
@@ -155,9 +159,9 @@ def _scoring_positions(packed: PackedPairs) -> tuple[Tensor, Tensor, Tensor]:
     return rows, scoring, label_positions
 
 
-def packed_pair_logps(model: torch.nn.Module, batch: dict[str, Tensor]) -> PairLogps:
+def packed_pair_logps(model: torch.nn.Module, batch: dict[str, Tensor], width_multiple: int = 1) -> PairLogps:
     """Score a collated batch with packed rows that hold each prompt once; same result as `relupo.logps.pair_logps`."""
-    packed = pack_pairs(batch)
+    packed = pack_pairs(batch, width_multiple)
     base = unwrap_model(model)
     eager = getattr(base.config, "_attn_implementation", None) == "eager"
     mask = packed.attention_mask(additive_dtype=base.dtype if eager else None)

@@ -58,6 +58,13 @@ TWO_PASS_SKIP_BELOW = 0.67
 # Weight of the newest micro-batch in auto's running estimate of the active share.
 AUTO_ESTIMATE_WEIGHT = 0.5
 
+# Packed row widths are rounded up to a multiple of this under autocast on a CPU, because oneDNN
+# keeps per-shape state for bf16 matrix products and resident memory grew with every new width.
+# On a 50M model, 112 one-pair passes of random lengths grew it to 2,849 MiB, against 1,630 MiB
+# with widths rounded to 32 and 1,600 MiB in float32 (bench/cpu_bf16_memory.py). Rounding costs
+# at most 31 padding positions per row.
+CPU_AUTOCAST_WIDTH_MULTIPLE = 32
+
 # Largest difference in per-token mean log-prob, in nats, that shared-prompt packing may show
 # against separate sequences before it is turned off. Half precision rounds differently in the
 # two layouts; a broken mask shows differences of order 1.
@@ -84,8 +91,8 @@ def can_skip(loss_type: str, hyperparameters: dict[str, float], sft_weight: floa
 
 def select_pairs(batch: dict[str, Tensor], indices: Tensor) -> dict[str, Tensor]:
     """Return the sub-batch of the pairs at `indices`, its padding trimmed to its longest row."""
-    # NOTE: under bf16 autocast on a CPU, resident memory grows with each new width that reaches
-    # the model (bench/cpu_bf16_memory.py). Widths are not rounded up to a multiple yet.
+    # NOTE: without shared-prompt packing, these widths are not rounded up to a multiple, so under
+    # autocast on a CPU the memory grows with each new width (see CPU_AUTOCAST_WIDTH_MULTIPLE).
     pairs = batch["input_ids"].shape[0] // 2
     rows = torch.cat([indices, indices + pairs])
     width = int(batch["attention_mask"][rows].sum(dim=1).max())
@@ -108,6 +115,11 @@ def uses_per_pair(device_type: str) -> bool:
     """
     # NOTE: two pass on GPUs follows from its cost model: no GPU measurement has compared the two.
     return device_type == "cpu"
+
+
+def packed_width_multiple(device_type: str, mixed_precision: str) -> int:
+    """Return the multiple that packed row widths are rounded up to on this device and mixed-precision mode."""
+    return CPU_AUTOCAST_WIDTH_MULTIPLE if device_type == "cpu" and mixed_precision != "no" else 1
 
 
 def detach(result: object) -> object:
@@ -149,13 +161,16 @@ class PairStep:
             logger.warning("skip_inactive_pairs is turned off under DeepSpeed")
             self.skip_mode = "off"
         self.per_pair = uses_per_pair(accelerator.device.type)
+        self.width_multiple = packed_width_multiple(accelerator.device.type, accelerator.mixed_precision)
         self.share_prompt = training.share_prompt
         self.packing_checked = False
         half = training.bf16 or training.fp16 or config.model.dtype != "float32"
         self.packing_tolerance = PACKING_TOLERANCE["half" if half else "float32"]
 
     def score(self, batch: dict[str, Tensor]) -> PairLogps:
-        return packed_pair_logps(self.model, batch) if self.share_prompt else pair_logps(self.model, batch)
+        if self.share_prompt:
+            return packed_pair_logps(self.model, batch, self.width_multiple)
+        return pair_logps(self.model, batch)
 
     def _check_packing(self, batch: dict[str, Tensor]) -> None:
         self.packing_checked = True
