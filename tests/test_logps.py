@@ -52,6 +52,20 @@ def test_padding_does_not_change_logps(model):
     assert single.rejected_logps[0].item() == pytest.approx(batched.rejected_logps[0].item(), abs=1e-5)
 
 
+def test_padding_to_multiple_keeps_logps(model):
+    batch = PairCollator(pad_token_id=0)(ROWS)
+    rounded = PairCollator(pad_token_id=0, pad_to_multiple_of=32)(ROWS)
+    assert batch["input_ids"].shape == (6, 11)
+    assert rounded["input_ids"].shape == (6, 32)
+    assert torch.equal(rounded["response_mask"][:, :11], batch["response_mask"])
+    assert not rounded["attention_mask"][:, 11:].any()
+    with torch.no_grad():
+        exact = pair_logps(model, batch)
+        padded = pair_logps(model, rounded)
+    assert torch.allclose(padded.chosen_logps, exact.chosen_logps, atol=1e-5)
+    assert torch.allclose(padded.rejected_logps, exact.rejected_logps, atol=1e-5)
+
+
 def test_collator_layout():
     batch = PairCollator(pad_token_id=0)(ROWS[:2])
     assert batch["input_ids"].shape == (4, 11)

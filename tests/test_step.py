@@ -12,7 +12,7 @@ from relupo.config import load_config
 from relupo.data.batching import PairCollator
 from relupo.logps import pair_logps
 from relupo.packing import CHOSEN, PADDING, PROMPT, REJECTED, pack_pairs, packed_pair_logps, plan_rows, supports_shared_prompt
-from relupo.step import TWO_PASS_SKIP_BELOW, PairStep, can_skip, packed_width_multiple, select_pairs, uses_per_pair
+from relupo.step import TWO_PASS_SKIP_BELOW, PairStep, can_skip, row_width_multiple, select_pairs, uses_per_pair
 from test_logps import ROWS, direct_response_logp
 
 # Eight pairs of different prompt and response lengths, from token ids of the bundled vocabulary.
@@ -77,9 +77,9 @@ def test_packed_width_rounding_keeps_logps(model):
 
 
 def test_width_rounding_only_under_cpu_autocast():
-    assert packed_width_multiple("cpu", "bf16") == 32
-    assert packed_width_multiple("cpu", "no") == 1
-    assert packed_width_multiple("cuda", "bf16") == 1
+    assert row_width_multiple("cpu", "bf16") == 32
+    assert row_width_multiple("cpu", "no") == 1
+    assert row_width_multiple("cuda", "bf16") == 1
 
 
 def test_plan_rows_first_fit_decreasing():
@@ -128,6 +128,15 @@ def test_select_pairs_trims_padding():
     assert subset["input_ids"].shape == (2, 6)
     assert subset["input_ids"][1, :5].tolist() == [1, 403, 407, 300, 2]
     assert subset["pair_index"].tolist() == [0]
+
+
+def test_select_pairs_rounds_width_within_the_batch():
+    batch = PairCollator(pad_token_id=0, pad_to_multiple_of=8)(ROWS)
+    assert batch["input_ids"].shape == (6, 16)
+    # Pair 0 is 6 tokens long: rounded up to 8, or to the batch's 16 when the multiple exceeds it.
+    assert select_pairs(batch, torch.tensor([0]), width_multiple=4)["input_ids"].shape == (2, 8)
+    assert select_pairs(batch, torch.tensor([0]), width_multiple=32)["input_ids"].shape == (2, 16)
+    assert select_pairs(batch, torch.tensor([1, 2]), width_multiple=4)["input_ids"].shape == (4, 12)
 
 
 def test_per_pair_only_on_cpu():

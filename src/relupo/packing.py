@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from relupo.data.batching import round_up
 from relupo.logps import token_logps, unwrap_model
 from relupo.objectives import PairLogps
 
@@ -111,7 +112,7 @@ def pack_pairs(batch: dict[str, Tensor], width_multiple: int = 1) -> PackedPairs
     rejected_lengths = response_mask[pairs:].sum(dim=1).tolist()
     totals = [p + c + r for p, c, r in zip(prompt_lengths, chosen_lengths, rejected_lengths)]
     rows = plan_rows(totals)
-    width = -(-max(totals) // width_multiple) * width_multiple
+    width = round_up(max(totals), width_multiple)
 
     packed_ids = torch.zeros((len(rows), width), dtype=input_ids.dtype, device=device)
     positions = torch.zeros((len(rows), width), dtype=torch.long, device=device)

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from relupo.checkpoint import TrainerState
 from relupo.config import TrainConfig
+from relupo.data.batching import round_up
 from relupo.logps import pair_logps
 from relupo.objectives import ObjectiveOutput, PairLogps, compute_objective, resolve_hyperparameters, sft_loss
 from relupo.packing import packed_pair_logps, supports_shared_prompt
@@ -58,7 +59,8 @@ TWO_PASS_SKIP_BELOW = 0.67
 # Weight of the newest micro-batch in auto's running estimate of the active share.
 AUTO_ESTIMATE_WEIGHT = 0.5
 
-# Packed row widths are rounded up to a multiple of this under autocast on a CPU, because oneDNN
+# Row widths (collated, selected and packed) are rounded up to a multiple of this under autocast
+# on a CPU, because oneDNN
 # keeps per-shape state for bf16 matrix products and resident memory grew with every new width.
 # On a 50M model, 112 one-pair passes of random lengths grew it to 2,849 MiB, against 1,630 MiB
 # with widths rounded to 32 and 1,600 MiB in float32 (bench/cpu_bf16_memory.py). Rounding costs
@@ -89,13 +91,15 @@ def can_skip(loss_type: str, hyperparameters: dict[str, float], sft_weight: floa
     return loss_type != "slic" or hyperparameters.get("nll_weight", 0.0) == 0.0
 
 
-def select_pairs(batch: dict[str, Tensor], indices: Tensor) -> dict[str, Tensor]:
-    """Return the sub-batch of the pairs at `indices`, its padding trimmed to its longest row."""
-    # NOTE: without shared-prompt packing, these widths are not rounded up to a multiple, so under
-    # autocast on a CPU the memory grows with each new width (see CPU_AUTOCAST_WIDTH_MULTIPLE).
+def select_pairs(batch: dict[str, Tensor], indices: Tensor, width_multiple: int = 1) -> dict[str, Tensor]:
+    """Return the sub-batch of the pairs at `indices`, its padding trimmed to its longest row.
+
+    The trimmed width is rounded up to a multiple of `width_multiple`, and never exceeds the batch's.
+    """
     pairs = batch["input_ids"].shape[0] // 2
     rows = torch.cat([indices, indices + pairs])
-    width = int(batch["attention_mask"][rows].sum(dim=1).max())
+    longest = int(batch["attention_mask"][rows].sum(dim=1).max())
+    width = min(round_up(longest, width_multiple), batch["input_ids"].shape[1])
     selected = {}
     for name, value in batch.items():
         if value.dim() == 2 and value.shape[0] == 2 * pairs:
@@ -117,8 +121,8 @@ def uses_per_pair(device_type: str) -> bool:
     return device_type == "cpu"
 
 
-def packed_width_multiple(device_type: str, mixed_precision: str) -> int:
-    """Return the multiple that packed row widths are rounded up to on this device and mixed-precision mode."""
+def row_width_multiple(device_type: str, mixed_precision: str) -> int:
+    """Return the multiple that row widths are rounded up to on this device and mixed-precision mode."""
     return CPU_AUTOCAST_WIDTH_MULTIPLE if device_type == "cpu" and mixed_precision != "no" else 1
 
 
@@ -161,7 +165,7 @@ class PairStep:
             logger.warning("skip_inactive_pairs is turned off under DeepSpeed")
             self.skip_mode = "off"
         self.per_pair = uses_per_pair(accelerator.device.type)
-        self.width_multiple = packed_width_multiple(accelerator.device.type, accelerator.mixed_precision)
+        self.width_multiple = row_width_multiple(accelerator.device.type, accelerator.mixed_precision)
         self.share_prompt = training.share_prompt
         self.packing_checked = False
         half = training.bf16 or training.fp16 or config.model.dtype != "float32"
@@ -234,7 +238,7 @@ class PairStep:
         with the loss multiplied by 0.
         """
         pairs = batch["pair_index"].shape[0]
-        logps = self.score(select_pairs(batch, torch.tensor([index], device=batch["input_ids"].device)))
+        logps = self.score(select_pairs(batch, torch.tensor([index], device=batch["input_ids"].device), self.width_multiple))
         output = compute_objective(self.objective_config, logps, **hyperparameters)
         active = bool(output.grad_weights[0] != 0)
         loss = None
@@ -253,12 +257,12 @@ class PairStep:
 
         loss = None
         if active.numel() > 0:
-            subset_logps = self.score(select_pairs(batch, active))
+            subset_logps = self.score(select_pairs(batch, active, self.width_multiple))
             subset_output = compute_objective(self.objective_config, subset_logps, **hyperparameters)
             loss = subset_output.losses.sum() / pairs
         elif self.accelerator.num_processes > 1:
             # The other processes may run a backward pass, and DDP and FSDP need every process in it.
-            subset_logps = self.score(select_pairs(batch, torch.zeros(1, dtype=torch.long, device=active.device)))
+            subset_logps = self.score(select_pairs(batch, torch.zeros(1, dtype=torch.long, device=active.device), self.width_multiple))
             subset_output = compute_objective(self.objective_config, subset_logps, **hyperparameters)
             loss = subset_output.losses.sum() * 0.0
         if loss is not None:

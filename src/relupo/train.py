@@ -43,7 +43,7 @@ from relupo.run_files import append_line, check_free_space, read_json_lines, rep
 from relupo.gamma import gamma_for_step
 from relupo.objectives import OBJECTIVES, ObjectiveOutput, PairLogps, compute_objective, resolve_hyperparameters, sft_loss
 from relupo.reference import load_or_compute_reference_logps, reference_cache_path
-from relupo.step import PairStep
+from relupo.step import PairStep, row_width_multiple
 from relupo.snapshots import SnapshotRecorder
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,10 @@ class Trainer:
             weight_decay=training.weight_decay,
         )
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        self.collator = PairCollator(pad_token_id=pad_id if pad_id is not None else 0)
+        self.collator = PairCollator(
+            pad_token_id=pad_id if pad_id is not None else 0,
+            pad_to_multiple_of=row_width_multiple(self.accelerator.device.type, self.accelerator.mixed_precision),
+        )
         self.train_pairs = IndexedPairs(self.train_rows)
         self.eval_pairs = IndexedPairs(self.eval_rows) if self.eval_rows is not None else None
         if self.objective.needs_reference:

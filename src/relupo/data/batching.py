@@ -60,22 +60,29 @@ def pair_lengths(rows: Any) -> list[int]:
     return [len(p) + max(len(c), len(r)) for p, c, r in zip(rows["prompt_ids"], rows["chosen_ids"], rows["rejected_ids"])]
 
 
+def round_up(width: int, multiple: int) -> int:
+    """Return the smallest multiple of `multiple` that is at least `width`."""
+    return -(-width // multiple) * multiple
+
+
 class PairCollator:
     """Collate tokenized pairs into one batch of 2B right-padded sequences.
 
     Rows 0..B-1 are prompt + chosen and rows B..2B-1 are prompt + rejected, so one forward pass
     scores both. `response_mask` is 1 exactly at the response tokens, which are the only tokens
-    whose log-probabilities enter an objective.
+    whose log-probabilities enter an objective. The width is the longest sequence, rounded up to
+    a multiple of `pad_to_multiple_of`.
     """
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 1) -> None:
         self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         sequences = [row["prompt_ids"] + row["chosen_ids"] for row in rows]
         sequences += [row["prompt_ids"] + row["rejected_ids"] for row in rows]
         prompt_lengths = [len(row["prompt_ids"]) for row in rows] * 2
-        width = max(len(sequence) for sequence in sequences)
+        width = round_up(max(len(sequence) for sequence in sequences), self.pad_to_multiple_of)
 
         input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
