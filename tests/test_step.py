@@ -130,7 +130,7 @@ def test_select_pairs_trims_padding():
     assert subset["pair_index"].tolist() == [0]
 
 
-def test_select_pairs_rounds_width_within_the_batch():
+def test_select_pairs_rounds_capped_width():
     batch = PairCollator(pad_token_id=0, pad_to_multiple_of=8)(ROWS)
     assert batch["input_ids"].shape == (6, 16)
     # Pair 0 is 6 tokens long: rounded up to 8, or to the batch's 16 when the multiple exceeds it.

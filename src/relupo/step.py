@@ -60,8 +60,8 @@ TWO_PASS_SKIP_BELOW = 0.67
 AUTO_ESTIMATE_WEIGHT = 0.5
 
 # Row widths (collated, selected and packed) are rounded up to a multiple of this under autocast
-# on a CPU, because oneDNN
-# keeps per-shape state for bf16 matrix products and resident memory grew with every new width.
+# on a CPU, because oneDNN keeps per-shape state for bf16 matrix products and resident memory grew
+# with every new width.
 # On a 50M model, 112 one-pair passes of random lengths grew it to 2,849 MiB, against 1,630 MiB
 # with widths rounded to 32 and 1,600 MiB in float32 (bench/cpu_bf16_memory.py). Rounding costs
 # at most 31 padding positions per row.
@@ -217,7 +217,10 @@ class PairStep:
         logps_parts, output_parts, losses = [], [], []
         for index in range(pairs):
             last = index == pairs - 1
-            with contextlib.nullcontext() if last or not distributed else self.accelerator.no_sync(self.model):
+            # Only the last pair's backward pass all-reduces the gradients across processes.
+            synchronize = last or not distributed
+            context = contextlib.nullcontext() if synchronize else self.accelerator.no_sync(self.model)
+            with context:
                 logps, output, loss = self._one_pair(batch, index, hyperparameters, always_backward=last and distributed)
             logps_parts.append(logps)
             output_parts.append(output)
